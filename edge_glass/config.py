@@ -1,0 +1,225 @@
+"""Typed schema for params.yaml; every stage validates its params at start-up.
+
+Errors name the offending key, e.g. ``align.perceiver.num_latents: must be >= 1 (got 0)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ParamsError(ValueError):
+    """A params.yaml value is unknown, of the wrong type or out of range."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitParams(Strict):
+    train: float = Field(0.8, ge=0, le=1)
+    val: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self):
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1 (got {total:g})")
+        return self
+
+
+class OpenMojiParams(Strict):
+    render_size: int = Field(136, ge=32, le=1024)
+    font_size: int = Field(109, ge=8, le=512)
+    exclude_groups: list[Literal["flags", "keycaps", "clocks", "skin_tones"]] = ["flags", "keycaps", "clocks", "skin_tones"]
+    speak_captions: bool = True
+
+
+class AsteriskParams(Strict):
+    sounds_dir: str = "/usr/share/asterisk/sounds/en_US_f_Allison"
+    transcripts: str = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+
+
+class EspeakParams(Strict):
+    voices: list[str] = Field(default_factory=lambda: ["en-us+f3", "en-us+m3", "en-gb+f2", "en-us+m1"], min_length=1)
+    words_per_minute: int = Field(150, ge=80, le=450)
+
+
+class AudioCheckParams(Strict):
+    sample_rate: int = Field(16000, ge=8000, le=48000)
+    min_duration_s: float = Field(0.3, gt=0)
+    max_duration_s: float = Field(30.0, gt=0, le=30.0)
+    silence_dbfs: float = Field(-50.0, le=0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_duration_s >= self.max_duration_s:
+            raise ValueError("min_duration_s must be < max_duration_s")
+        return self
+
+
+class OnlineParams(Strict):
+    hf_split: str = "test"
+    cache_dir: Optional[str] = None
+
+
+SourceName = Literal["openmoji", "asterisk", "coco", "flickr30k", "audiocaps", "clotho"]
+
+
+class DownloadParams(Strict):
+    sources: list[SourceName] = Field(default_factory=lambda: ["openmoji", "asterisk"], min_length=1)
+    limit_per_source: Optional[int] = Field(None, ge=1)
+    max_captions_per_item: int = Field(5, ge=1)
+    split: SplitParams = SplitParams()
+    openmoji: OpenMojiParams = OpenMojiParams()
+    asterisk: AsteriskParams = AsteriskParams()
+    espeak: EspeakParams = EspeakParams()
+    audio: AudioCheckParams = AudioCheckParams()
+    online: OnlineParams = OnlineParams()
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"sources must not repeat (got {v})")
+        return v
+
+
+class VisionEncoderParams(Strict):
+    backend: Literal["efficientnet_lite0", "open_clip"] = "efficientnet_lite0"
+    open_clip_model: str = "ViT-B-32"
+    open_clip_pretrained: str = "openai"
+    image_size: int = Field(224, ge=32, le=1024)
+    batch_size: int = Field(32, ge=1)
+
+
+class AudioEncoderParams(Strict):
+    model: str = "whisper-tiny.en"
+    trim_to_length: bool = True
+    token_pool: int = Field(2, ge=1, le=16)
+    batch_size: int = Field(16, ge=1)
+
+
+class TextEncoderParams(Strict):
+    model: str = "all-MiniLM-L6-v2"
+    max_length: int = Field(64, ge=4, le=512)
+    batch_size: int = Field(128, ge=1)
+
+
+class PreprocessParams(Strict):
+    modalities: list[Literal["image", "audio", "text"]] = Field(default_factory=lambda: ["image", "audio", "text"], min_length=1)
+    dtype: Literal["float16", "float32"] = "float16"
+    shard_size: int = Field(512, ge=1)
+    num_threads: Optional[int] = Field(None, ge=1)
+    vision: VisionEncoderParams = VisionEncoderParams()
+    audio: AudioEncoderParams = AudioEncoderParams()
+    text: TextEncoderParams = TextEncoderParams()
+
+
+class PerceiverParams(Strict):
+    num_latents: int = Field(64, ge=1)
+    depth: int = Field(2, ge=1)
+    heads: int = Field(8, ge=1)
+    dim_head: int = Field(64, ge=1)
+    pool: Literal["perceiver", "mean"] = "perceiver"
+
+
+class MRLParams(Strict):
+    dims: list[int] = Field(default_factory=lambda: [512, 256, 128, 64], min_length=1)
+    weights: Optional[list[float]] = None
+
+    @field_validator("dims")
+    @classmethod
+    def _descending(cls, v):
+        if any(d <= 0 for d in v):
+            raise ValueError(f"dims must be positive (got {v})")
+        if any(a <= b for a, b in zip(v, v[1:])):
+            raise ValueError(f"dims must be strictly descending (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _weights_match(self):
+        if self.weights is not None and len(self.weights) != len(self.dims):
+            raise ValueError(f"weights has {len(self.weights)} entries but dims has {len(self.dims)}")
+        return self
+
+
+class TrainParams(Strict):
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(128, ge=2)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    clip_grad: Optional[float] = Field(1.0, gt=0)
+    checkpoint_every: int = Field(100, ge=1)
+
+
+class LossParams(Strict):
+    temperature_init: float = Field(0.07, gt=0)
+    learnable_temperature: bool = True
+    pairs: list[Literal["image_text", "audio_text", "image_audio"]] = Field(
+        default_factory=lambda: ["image_text", "audio_text", "image_audio"], min_length=1
+    )
+
+
+class AlignParams(Strict):
+    projection_dim: int = Field(512, ge=1)
+    fusion: Literal["concat", "cross_attention", "gated"] = "concat"
+    perceiver: PerceiverParams = PerceiverParams()
+    mrl: MRLParams = MRLParams()
+    loss: LossParams = LossParams()
+    train: TrainParams = TrainParams()
+
+    @model_validator(mode="after")
+    def _mrl_fits_projection(self):
+        if self.mrl.dims[0] > self.projection_dim:
+            raise ValueError(
+                f"mrl.dims[0]={self.mrl.dims[0]} is larger than projection_dim={self.projection_dim}"
+            )
+        return self
+
+
+class Params(Strict):
+    seed: int = 0
+    download: DownloadParams = DownloadParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    align: AlignParams = AlignParams()
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = "" if e["type"] == "extra_forbidden" else f" (got {e.get('input')!r})"
+        if isinstance(e.get("input"), dict):
+            got = ""
+        lines.append(f"{source}: {key or '<root>'}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, source: str = "params") -> Params:
+    """Validate a params mapping; raise ParamsError naming every bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: file not found (run from the repository root)")
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping")
+    return parse_params(raw, source=str(path))

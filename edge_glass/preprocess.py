@@ -1,0 +1,197 @@
+"""The preprocess stage: run each frozen encoder once over the manifest and write feature shards."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from edge_glass.config import Params
+from edge_glass.encoders.base import FrozenEncoder
+from edge_glass.features import (
+    plan_shards, read_offsets, read_shard_metadata, remove_stale, shard_fingerprint, shard_name, write_index, write_shard,
+)
+from edge_glass.io import atomic_path, sha256_file, write_json
+from edge_glass.manifest import read_manifest
+from edge_glass.media import MediaError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class WorkItem:
+    id: str  # feature id: item_id for image/audio, "item_id#k" for the k-th caption
+    item_id: str
+    source: Any  # path or caption text
+    sort_key: float = 0.0
+
+
+def build_encoder(modality: str, params: Params) -> FrozenEncoder:
+    p = params.preprocess
+    if modality == "image":
+        from edge_glass.encoders.vision import build_vision_encoder
+
+        return build_vision_encoder(p.vision)
+    if modality == "audio":
+        from edge_glass.encoders.audio import WhisperAudio
+
+        return WhisperAudio(p.audio)
+    from edge_glass.encoders.text import SentenceTransformerText
+
+    return SentenceTransformerText(p.text)
+
+
+def batch_size(modality: str, params: Params) -> int:
+    p = params.preprocess
+    return {"image": p.vision.batch_size, "audio": p.audio.batch_size, "text": p.text.batch_size}[modality]
+
+
+def work_items(manifest: pd.DataFrame, modality: str, base_dir: Path) -> list[WorkItem]:
+    """Inputs of one modality in manifest order."""
+    items = []
+    for row in manifest.itertuples(index=False):
+        if modality == "image" and isinstance(row.image_path, str):
+            items.append(WorkItem(row.item_id, row.item_id, base_dir / row.image_path))
+        elif modality == "audio" and isinstance(row.audio_path, str):
+            items.append(WorkItem(row.item_id, row.item_id, base_dir / row.audio_path, float(row.audio_duration_s)))
+        elif modality == "text":
+            items.extend(WorkItem(f"{row.item_id}#{k}", row.item_id, c) for k, c in enumerate(row.captions))
+    return items
+
+
+def _load_all(encoder: FrozenEncoder, items: list[WorkItem]) -> list[tuple[WorkItem, Any, str]]:
+    out = []
+    for it in items:
+        try:
+            out.append((it, encoder.load(it.source), ""))
+        except MediaError as exc:
+            out.append((it, None, str(exc)))
+    return out
+
+
+def encode_shard(
+    encoder: FrozenEncoder, items: list[WorkItem], bs: int, prefetch: ThreadPoolExecutor, on_batch: Callable[[int], None]
+) -> tuple[list[str], list[torch.Tensor], torch.Tensor, list[dict]]:
+    """Encode one shard's items in batches (sorted by length), loading the next batch while this one runs."""
+    order = sorted(range(len(items)), key=lambda i: (items[i].sort_key, i))
+    batches = [[items[i] for i in order[j : j + bs]] for j in range(0, len(order), bs)]
+    results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    rejects = []
+    pending = prefetch.submit(_load_all, encoder, batches[0]) if batches else None
+    for b in range(len(batches)):
+        loaded = pending.result()
+        pending = prefetch.submit(_load_all, encoder, batches[b + 1]) if b + 1 < len(batches) else None
+        good = [(it, x) for it, x, err in loaded if not err]
+        rejects += [{"id": it.id, "item_id": it.item_id, "reason": err} for it, _, err in loaded if err]
+        if good:
+            tokens, pooled = encoder.forward([x for _, x in good])
+            for (it, _), t, p in zip(good, tokens, pooled):
+                results[it.id] = (t, p)
+        on_batch(len(loaded))
+    ids = [it.id for it in items if it.id in results]
+    dim = encoder.info.pooled_dim
+    pooled = torch.stack([results[i][1] for i in ids]) if ids else torch.zeros(0, dim)
+    return ids, [results[i][0] for i in ids], pooled, rejects
+
+
+def preprocess_modality(modality: str, manifest: pd.DataFrame, base_dir: Path, out_dir: Path, params: Params) -> dict:
+    """Encode one modality into ``out_dir/modality``; finished shards of an earlier run are kept."""
+    items = work_items(manifest, modality, base_dir)
+    mod_dir = out_dir / modality
+    mod_dir.mkdir(parents=True, exist_ok=True)
+    if not items:
+        remove_stale(mod_dir, 0)
+        write_index(mod_dir, [])
+        return {"items": 0, "encoded": 0, "rejected": 0}
+    encoder = build_encoder(modality, params)
+    dtype_name = params.preprocess.dtype
+    base = json.dumps({"encoder": asdict(encoder.info), "dtype": dtype_name}, sort_keys=True)
+    plan = plan_shards([it.id for it in items], params.preprocess.shard_size)
+    by_id = {it.id: it for it in items}
+    index_rows, rejects, resumed = [], [], 0
+    encode_seconds, encoded_now = 0.0, 0
+    bar = tqdm(total=len(items), desc=f"preprocess {modality}", unit="item")
+    with ThreadPoolExecutor(max_workers=1) as prefetch:
+        for k, shard_ids in enumerate(plan):
+            path = mod_dir / shard_name(k)
+            fingerprint = shard_fingerprint(base, shard_ids)
+            meta = read_shard_metadata(path) if path.exists() else None
+            if meta is None or meta.get("fingerprint") != fingerprint:
+                t0 = time.perf_counter()
+                ids, tokens, pooled, shard_rejects = encode_shard(
+                    encoder, [by_id[i] for i in shard_ids], batch_size(modality, params), prefetch, bar.update
+                )
+                metadata = {
+                    "fingerprint": fingerprint, "modality": modality, "encoder": encoder.info.name,
+                    "rejects": shard_rejects,
+                }
+                write_shard(path, ids, tokens, pooled, DTYPES[dtype_name], metadata)
+                encode_seconds += time.perf_counter() - t0
+                encoded_now += len(shard_ids)
+                meta = read_shard_metadata(path)
+            else:
+                resumed += 1
+                bar.update(len(shard_ids))
+            ids = meta["ids"]
+            rejects += meta["rejects"]
+            offsets = read_offsets(path)
+            for row, i in enumerate(ids):
+                n = int(offsets[row + 1] - offsets[row])
+                index_rows.append({"id": i, "item_id": by_id[i].item_id, "shard": k, "row": row, "n_tokens": n})
+    bar.close()
+    remove_stale(mod_dir, len(plan))
+    write_index(mod_dir, index_rows)
+    if len(index_rows) + len(rejects) != len(items):
+        raise AssertionError(f"{modality}: {len(items)} in but {len(index_rows)} encoded + {len(rejects)} rejected")
+    n_tokens = sum(r["n_tokens"] for r in index_rows)
+    return {
+        "items": len(items),
+        "encoded": len(index_rows),
+        "rejected": len(rejects),
+        "rejects": rejects,
+        "shards": len(plan),
+        "resumed_shards": resumed,
+        "tokens": n_tokens,
+        "mean_tokens": n_tokens / max(len(index_rows), 1),
+        "encoder": asdict(encoder.info),
+        "seconds": round(encode_seconds, 3),
+        "items_per_s": round(encoded_now / encode_seconds, 2) if encode_seconds > 0 else None,
+    }
+
+
+def run_preprocess(params: Params, manifest_path: str | Path, out_dir: str | Path) -> dict:
+    """Encode every modality in ``params.preprocess.modalities``; write encoders.json and rejects.csv."""
+    if params.preprocess.num_threads:
+        torch.set_num_threads(params.preprocess.num_threads)
+    manifest_path, out_dir = Path(manifest_path), Path(out_dir)
+    manifest = read_manifest(manifest_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = {}
+    for modality in params.preprocess.modalities:
+        stats[modality] = preprocess_modality(modality, manifest, manifest_path.parent, out_dir, params)
+    for stale in {"image", "audio", "text"} - set(params.preprocess.modalities):
+        if (out_dir / stale).exists():
+            remove_stale(out_dir / stale, 0)
+            (out_dir / stale / "index.parquet").unlink(missing_ok=True)
+            (out_dir / stale).rmdir()
+    encoders = {
+        m: {**s["encoder"], "dtype": params.preprocess.dtype, "shard_size": params.preprocess.shard_size,
+            "encoded": s["encoded"], "tokens": s["tokens"]}
+        for m, s in stats.items() if s["encoded"]
+    }
+    encoders["manifest_sha256"] = sha256_file(manifest_path)
+    write_json(encoders, out_dir / "encoders.json")
+    rejects = [{"modality": m, **r} for m, s in stats.items() for r in s.get("rejects", [])]
+    with atomic_path(out_dir / "rejects.csv") as tmp:
+        pd.DataFrame(rejects, columns=["modality", "id", "item_id", "reason"]).to_csv(tmp, index=False)
+    return {m: {k: v for k, v in s.items() if k not in ("rejects", "encoder")} for m, s in stats.items()}

@@ -1,0 +1,20 @@
+"""download stage: build data/download/manifest.parquet (+ rejects.csv, media/) from params.download."""
+
+from pathlib import Path
+
+from edge_glass.cli import run_stage, stage_parser
+from edge_glass.download import build_manifest
+from edge_glass.io import write_json
+
+
+def main(params, args):
+    stats = build_manifest(params, args.out)
+    write_json(stats, Path(args.metrics))
+    print(f"kept {stats['kept']} of {stats['in']} ({stats['rejected']} rejected, see {args.out}/rejects.csv)")
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__)
+    parser.add_argument("--out", default="data/download", help="output folder (default: data/download)")
+    parser.add_argument("--metrics", default="metrics/download.json", help="counts file (default: metrics/download.json)")
+    run_stage("download", parser, main)

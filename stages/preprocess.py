@@ -1,0 +1,22 @@
+"""preprocess stage: run the frozen encoders once over the manifest; write feature shards to data/features."""
+
+from pathlib import Path
+
+from edge_glass.cli import run_stage, stage_parser
+from edge_glass.io import write_json
+from edge_glass.preprocess import run_preprocess
+
+
+def main(params, args):
+    stats = run_preprocess(params, args.manifest, args.out)
+    write_json(stats, Path(args.metrics))
+    for modality, s in stats.items():
+        print(f"{modality}: {s['encoded']} encoded, {s['rejected']} rejected, {s.get('resumed_shards', 0)} shards resumed")
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__)
+    parser.add_argument("--manifest", default="data/download/manifest.parquet", help="manifest from the download stage")
+    parser.add_argument("--out", default="data/features", help="output folder (default: data/features)")
+    parser.add_argument("--metrics", default="metrics/preprocess.json", help="stats file (default: metrics/preprocess.json)")
+    run_stage("preprocess", parser, main)

@@ -1,0 +1,64 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO
+from edge_glass.config import ParamsError, load_params, parse_params
+from edge_glass.params import compose
+
+
+@pytest.mark.parametrize(
+    "override, key, words",
+    [
+        ({"align": {"perceiver": {"num_latents": 0}}}, "align.perceiver.num_latents", "greater than or equal to 1"),
+        ({"align": {"mrl": {"dims": [64, 128, 256]}}}, "align.mrl.dims", "strictly descending"),
+        ({"align": {"projection_dim": 256, "mrl": {"dims": [512, 256]}}}, "align", "larger than projection_dim"),
+        ({"align": {"fusion": "sum"}}, "align.fusion", "'concat', 'cross_attention' or 'gated'"),
+        ({"preprocess": {"shard_size": "big"}}, "preprocess.shard_size", "valid integer"),
+        ({"preprocess": {"vision": {"bakend": "open_clip"}}}, "preprocess.vision.bakend", "unknown key"),
+        ({"download": {"sources": ["laion"]}}, "download.sources.0", "openmoji"),
+        ({"download": {"split": {"train": 0.9, "val": 0.2, "test": 0.1}}}, "download.split", "sum to 1"),
+        ({"align": {"mrl": {"weights": [1.0]}}}, "align.mrl", "weights has 1 entries"),
+    ],
+)
+def test_bad_params_name_the_key(override, key, words):
+    with pytest.raises(ParamsError) as err:
+        parse_params(override, source="params.yaml")
+    msg = str(err.value)
+    assert f"params.yaml: {key}: " in msg
+    assert words in msg
+
+
+def test_defaults_validate_and_match_schema_defaults():
+    p = parse_params({})
+    assert p.align.perceiver.num_latents == 64
+    assert p.align.mrl.dims == [512, 256, 128, 64]
+
+
+def test_params_yaml_is_the_hydra_composition_of_conf():
+    composed = compose(conf_dir=REPO / "conf")
+    on_disk = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert on_disk == composed, "params.yaml is stale: python -m edge_glass.params --write"
+    load_params(REPO / "params.yaml")
+
+
+def test_hydra_overrides_reach_the_schema():
+    composed = compose(["align.perceiver.num_latents=32", "download=coco"], conf_dir=REPO / "conf")
+    p = parse_params(composed)
+    assert p.align.perceiver.num_latents == 32
+    assert p.download.sources == ["coco"]
+    with pytest.raises(ParamsError, match="align.perceiver.num_latents"):
+        parse_params(compose(["align.perceiver.num_latents=0"], conf_dir=REPO / "conf"))
+
+
+def test_stage_exits_with_message_naming_key(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"preprocess": {"dtype": "int8"}}))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "preprocess.py"), "--params", str(tmp_path / "params.yaml")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "preprocess.dtype" in proc.stderr and "'float16' or 'float32'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,123 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO
+from edge_glass.config import parse_params
+from edge_glass.features import FeatureStore, read_shard
+from edge_glass.manifest import read_manifest
+from edge_glass.preprocess import run_preprocess
+
+
+def stage(root: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "stages" / "preprocess.py")], cwd=root,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def shard_bytes(features: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(features)): p.read_bytes() for p in sorted(features.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def features(small_download, tmp_path_factory):
+    root, raw, _ = small_download
+    out = tmp_path_factory.mktemp("features")
+    stats = run_preprocess(parse_params(raw), root / "data" / "download" / "manifest.parquet", out)
+    return root, out, stats
+
+
+def test_features_cover_manifest_with_token_and_pooled_shards(features):
+    root, out, stats = features
+    manifest = read_manifest(root / "data" / "download" / "manifest.parquet")
+    n_captions = sum(len(c) for c in manifest.captions)
+    assert stats["image"]["encoded"] == manifest.image_path.notna().sum() == 12
+    assert stats["audio"]["encoded"] == manifest.audio_path.notna().sum() == 24
+    assert stats["text"]["encoded"] == n_captions
+    enc = json.loads((out / "encoders.json").read_text())
+    assert enc["image"]["name"] == "efficientnet-lite0" and enc["image"]["token_dim"] == 1280
+    assert enc["audio"]["weights"]["model.bin"] and enc["text"]["pooled_dim"] == 384
+
+    image = FeatureStore(out / "image")
+    assert (image.index.n_tokens == 49).all()
+    shard = read_shard(out / "image" / "shard-00000.safetensors")
+    assert shard.tokens.dtype == torch.float16 and shard.pooled.shape == (8, 1280)
+    # pooled image feature is the mean of its tokens
+    first = image.index.id.iloc[0]
+    assert torch.allclose(image.tokens(first).float().mean(0), shard.pooled[0].float(), atol=2e-2)
+
+    audio = FeatureStore(out / "audio")
+    durations = manifest.set_index("item_id").audio_duration_s
+    for row in audio.index.itertuples():  # 50 Hz encoder states pooled by 2: about 25 tokens per second
+        assert abs(row.n_tokens - durations[row.item_id] * 25) <= 2
+    text = FeatureStore(out / "text")
+    assert text.index.id.str.contains("#").all()
+    ids, pooled = text.pooled()
+    assert pooled.shape == (n_captions, 384) and torch.allclose(pooled.float().norm(dim=1), torch.ones(n_captions), atol=1e-2)
+
+
+def test_rerun_resumes_every_finished_shard(features, tmp_path):
+    root, out, _ = features
+    copy = tmp_path / "features"
+    shutil.copytree(out, copy)
+    before = shard_bytes(copy)
+    stats = run_preprocess(parse_params(json.loads(json.dumps(_raw(root)))), root / "data" / "download" / "manifest.parquet", copy)
+    assert all(s["resumed_shards"] == s["shards"] for s in stats.values())
+    assert shard_bytes(copy) == before
+
+
+def _raw(root):
+    import yaml
+
+    return yaml.safe_load((root / "params.yaml").read_text())
+
+
+def test_kill_9_then_resume_gives_byte_identical_shards(small_download, features, tmp_path):
+    root, _, _ = small_download
+    _, reference, _ = features
+    work = tmp_path / "run"
+    shutil.copytree(root / "data", work / "data")
+    shutil.copy(root / "params.yaml", work / "params.yaml")
+    proc = stage(work)
+    target = work / "data" / "features" / "image" / "shard-00000.safetensors"
+    deadline = time.time() + 120
+    while not target.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), "the stage never finished a shard"
+    assert not (work / "data" / "features" / "text" / "index.parquet").exists(), "killed too late to test resume"
+    resumed = subprocess.run([sys.executable, str(REPO / "stages" / "preprocess.py")], cwd=work, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((work / "metrics" / "preprocess.json").read_text())
+    assert metrics["image"]["resumed_shards"] >= 1
+    assert shard_bytes(work / "data" / "features") == shard_bytes(reference)
+
+
+def test_media_broken_after_download_is_quarantined(small_download, tmp_path):
+    root, raw, _ = small_download
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    manifest = read_manifest(data / "download" / "manifest.parquet")
+    img = manifest.image_path.dropna().iloc[3]
+    wav = manifest.audio_path.dropna().iloc[5]
+    (data / "download" / img).write_bytes(b"not a png")
+    (data / "download" / wav).write_bytes(b"")
+    stats = run_preprocess(parse_params(raw), data / "download" / "manifest.parquet", data / "features")
+    rejects = pd.read_csv(data / "features" / "rejects.csv")
+    assert stats["image"]["rejected"] == 1 and stats["audio"]["rejected"] == 1
+    assert stats["image"]["encoded"] + 1 == stats["image"]["items"]
+    reasons = dict(zip(rejects.modality, rejects.reason))
+    assert reasons["image"].startswith("image decode failed")
+    assert reasons["audio"].startswith("audio decode failed")
+    assert len(FeatureStore(data / "features" / "image").index) == stats["image"]["encoded"]

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import ASTERISK
+from edge_glass.encoders.audio import resolve_ctranslate2_dir
+from edge_glass.encoders.whisper import (
+    batch_mels, encoder_from_ctranslate2, encoder_from_transformers, log_mel, read_ctranslate2,
+)
+from edge_glass.media import load_audio
+
+
+@pytest.fixture(scope="module")
+def tiny_dir():
+    return resolve_ctranslate2_dir("whisper-tiny.en")
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_dir):
+    return encoder_from_ctranslate2(tiny_dir)
+
+
+def test_ctranslate2_reader_finds_encoder_and_tied_projection(tiny_dir):
+    v = read_ctranslate2(tiny_dir / "model.bin")
+    assert v["encoder/conv1/weight"].shape == (384, 80, 3)
+    assert v["encoder/layer_0/self_attention/linear_0/weight"].shape == (1152, 384)
+    assert v["encoder/position_encodings/encodings"].shape == (1500, 384)
+    assert v["decoder/projection/weight"] is v["decoder/embeddings/weight"]  # alias
+
+
+def test_encoder_matches_ctranslate2_runtime(tiny_dir, encoder):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    mel = log_mel(load_audio(ASTERISK / "agent-pass.wav"), pad_to_30s=True)
+    assert mel.shape == (80, 3000)
+    with torch.inference_mode():
+        ours, _ = encoder(mel[None])
+    runtime = ctranslate2.models.Whisper(str(tiny_dir), device="cpu", compute_type="float32")
+    ref = np.array(runtime.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None].numpy())), to_cpu=True))
+    assert ref.shape == tuple(ours.shape) == (1, 1500, 384)
+    assert np.abs(ref - ours.numpy()).max() < 1e-3
+
+
+def test_trimmed_tokens_follow_clip_length_and_batching_is_exact(encoder):
+    a = log_mel(load_audio(ASTERISK / "agent-pass.wav"))
+    b = log_mel(load_audio(ASTERISK / "added.wav"))
+    assert a.shape[-1] % 2 == 0 and abs(a.shape[-1] - 100 * len(load_audio(ASTERISK / "agent-pass.wav")) / 16000) <= 2
+    with torch.inference_mode():
+        alone_a, _ = encoder(a[None])
+        alone_b, _ = encoder(b[None])
+        batch, lengths = batch_mels([a, b])
+        together, mask = encoder(batch, lengths)
+    assert alone_a.shape[1] == a.shape[-1] // 2 and alone_b.shape[1] == b.shape[-1] // 2
+    assert mask.sum(1).tolist() == [a.shape[-1] // 2, b.shape[-1] // 2]
+    assert torch.allclose(together[0, : alone_a.shape[1]], alone_a[0], atol=1e-4)
+    assert torch.allclose(together[1, : alone_b.shape[1]], alone_b[0], atol=1e-4)
+
+
+def test_transformers_weight_mapping_reproduces_hf_encoder():
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFEncoder
+
+    torch.manual_seed(0)
+    cfg = WhisperConfig(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=256,
+                        max_source_positions=1500, decoder_layers=1, decoder_attention_heads=4)
+    hf = HFEncoder(cfg).eval()
+    for p in hf.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    ours = encoder_from_transformers(hf)
+    mel = torch.randn(2, 80, 3000)
+    with torch.inference_mode():
+        ref = hf(mel).last_hidden_state
+        got, _ = ours(mel)
+    assert torch.allclose(got, ref, atol=1e-4)
