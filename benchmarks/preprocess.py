@@ -26,7 +26,9 @@ from edge_glass.config import parse_params  # noqa: E402
 from edge_glass.download import build_manifest  # noqa: E402
 from edge_glass.encoders.whisper import log_mel  # noqa: E402
 from edge_glass.manifest import read_manifest  # noqa: E402
-from edge_glass.preprocess import batch_size, build_encoder, make_batches, preprocess_modality, work_items  # noqa: E402
+from edge_glass.preprocess import (  # noqa: E402
+    batch_size, build_encoder, loader_blas_single_threaded, make_batches, preprocess_modality, work_items,
+)
 
 
 def bare_forward_seconds(encoder, items, bs) -> float:
@@ -78,7 +80,8 @@ def main() -> None:
         encoder = build_encoder(modality, params)
         bare = bare_forward_seconds(encoder, items, batch_size(modality, params))
         t0 = time.perf_counter()
-        preprocess_modality(modality, subset, manifest_path.parent, tmp / f"features-{modality}", params, encoder)
+        with loader_blas_single_threaded():
+            preprocess_modality(modality, subset, manifest_path.parent, tmp / f"features-{modality}", params, encoder)
         stage = time.perf_counter() - t0
         print(f"{modality:<8} {len(items):>6} {len(items) / bare:>13.1f} {len(items) / stage:>14.1f} {bare / stage:>11.2f}")
         if modality == "audio":

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
@@ -19,7 +21,7 @@ from edge_glass.encoders.base import FrozenEncoder
 from edge_glass.features import (
     plan_shards, read_offsets, read_shard_metadata, remove_stale, shard_fingerprint, shard_name, write_index, write_shard,
 )
-from edge_glass.io import atomic_path, sha256_file, write_json
+from edge_glass.io import atomic_path, sha256_file, sha256_text, write_json
 from edge_glass.manifest import read_manifest
 from edge_glass.media import MediaError
 
@@ -79,23 +81,38 @@ def _load_all(encoder: FrozenEncoder, items: list[WorkItem]) -> list[tuple[WorkI
     return out
 
 
+def code_fingerprint() -> str:
+    """Hash of the code that computes features: a changed encoder or loader invalidates finished shards."""
+    pkg = Path(__file__).parent
+    files = sorted([*pkg.glob("encoders/*.py"), pkg / "preprocess.py", pkg / "features.py", pkg / "media.py"])
+    return sha256_text("".join(sha256_file(f) for f in files))
+
+
 def make_batches(items: list[WorkItem], bs: int) -> list[list[WorkItem]]:
     """Batches of a shard, sorted by length (audio duration) so that padding stays small."""
     order = sorted(range(len(items)), key=lambda i: (items[i].sort_key, i))
     return [[items[i] for i in order[j : j + bs]] for j in range(0, len(order), bs)]
 
 
+def prefetched(fn: Callable, jobs: list, pool: ThreadPoolExecutor, depth: int = 2) -> Iterator:
+    """``fn(job)`` for every job in order, keeping ``depth`` jobs loading ahead in ``pool``."""
+    queue: deque = deque()
+    for job in jobs:
+        queue.append(pool.submit(fn, job))
+        if len(queue) > depth:
+            yield queue.popleft().result()
+    while queue:
+        yield queue.popleft().result()
+
+
 def encode_shard(
-    encoder: FrozenEncoder, items: list[WorkItem], bs: int, prefetch: ThreadPoolExecutor, on_batch: Callable[[int], None]
+    encoder: FrozenEncoder, items: list[WorkItem], loaded_batches: Iterator, n_batches: int, on_batch: Callable[[int], None]
 ) -> tuple[list[str], list[torch.Tensor], torch.Tensor, list[dict]]:
-    """Encode one shard's items batch by batch, loading the next batch while this one runs."""
-    batches = make_batches(items, bs)
+    """Encode one shard from its next ``n_batches`` loaded batches; keep shard order in the output."""
     results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     rejects = []
-    pending = prefetch.submit(_load_all, encoder, batches[0]) if batches else None
-    for b in range(len(batches)):
-        loaded = pending.result()
-        pending = prefetch.submit(_load_all, encoder, batches[b + 1]) if b + 1 < len(batches) else None
+    for _ in range(n_batches):
+        loaded = next(loaded_batches)
         good = [(it, x) for it, x, err in loaded if not err]
         rejects += [{"id": it.id, "item_id": it.item_id, "reason": err} for it, _, err in loaded if err]
         if good:
@@ -122,21 +139,28 @@ def preprocess_modality(
         return {"items": 0, "encoded": 0, "rejected": 0}
     encoder = encoder or build_encoder(modality, params)
     dtype_name = params.preprocess.dtype
-    base = json.dumps({"encoder": asdict(encoder.info), "dtype": dtype_name}, sort_keys=True)
+    base = json.dumps({"encoder": asdict(encoder.info), "dtype": dtype_name, "code": code_fingerprint()}, sort_keys=True)
     plan = plan_shards([it.id for it in items], params.preprocess.shard_size)
     by_id = {it.id: it for it in items}
+    fingerprints = [shard_fingerprint(base, shard_ids) for shard_ids in plan]
+    todo = {}  # shard -> its batches, for shards not finished by an earlier run
+    for k, shard_ids in enumerate(plan):
+        meta = read_shard_metadata(mod_dir / shard_name(k))
+        if meta is None or meta.get("fingerprint") != fingerprints[k]:
+            todo[k] = make_batches([by_id[i] for i in shard_ids], batch_size(modality, params))
     index_rows, rejects, resumed = [], [], 0
     encode_seconds, encoded_now = 0.0, 0
     bar = tqdm(total=len(items), desc=f"preprocess {modality}", unit="item")
-    with ThreadPoolExecutor(max_workers=1) as prefetch:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        jobs = [batch for batches in todo.values() for batch in batches]
+        loaded_batches = prefetched(partial(_load_all, encoder), jobs, pool)
         for k, shard_ids in enumerate(plan):
             path = mod_dir / shard_name(k)
-            fingerprint = shard_fingerprint(base, shard_ids)
-            meta = read_shard_metadata(path) if path.exists() else None
-            if meta is None or meta.get("fingerprint") != fingerprint:
+            fingerprint = fingerprints[k]
+            if k in todo:
                 t0 = time.perf_counter()
                 ids, tokens, pooled, shard_rejects = encode_shard(
-                    encoder, [by_id[i] for i in shard_ids], batch_size(modality, params), prefetch, bar.update
+                    encoder, [by_id[i] for i in shard_ids], loaded_batches, len(todo[k]), bar.update
                 )
                 metadata = {
                     "fingerprint": fingerprint, "modality": modality, "encoder": encoder.info.name,
@@ -145,8 +169,8 @@ def preprocess_modality(
                 write_shard(path, ids, tokens, pooled, DTYPES[dtype_name], metadata)
                 encode_seconds += time.perf_counter() - t0
                 encoded_now += len(shard_ids)
-                meta = read_shard_metadata(path)
-            else:
+            meta = read_shard_metadata(path)
+            if k not in todo:
                 resumed += 1
                 bar.update(len(shard_ids))
             ids = meta["ids"]
@@ -176,6 +200,13 @@ def preprocess_modality(
     }
 
 
+def loader_blas_single_threaded():
+    """numpy's BLAS threads spin beside torch's on small loader matmuls (log-mel); give them one thread."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def run_preprocess(params: Params, manifest_path: str | Path, out_dir: str | Path) -> dict:
     """Encode every modality in ``params.preprocess.modalities``; write encoders.json and rejects.csv."""
     if params.preprocess.num_threads:
@@ -185,7 +216,8 @@ def run_preprocess(params: Params, manifest_path: str | Path, out_dir: str | Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = {}
     for modality in params.preprocess.modalities:
-        stats[modality] = preprocess_modality(modality, manifest, manifest_path.parent, out_dir, params)
+        with loader_blas_single_threaded():
+            stats[modality] = preprocess_modality(modality, manifest, manifest_path.parent, out_dir, params)
     for stale in {"image", "audio", "text"} - set(params.preprocess.modalities):
         if (out_dir / stale).exists():
             remove_stale(out_dir / stale, 0)

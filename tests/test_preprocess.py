@@ -76,6 +76,26 @@ def test_rerun_resumes_every_finished_shard(features, tmp_path):
     assert shard_bytes(copy) == before
 
 
+def test_changed_encoder_code_or_dtype_recomputes_shards(features, tmp_path, monkeypatch):
+    import edge_glass.preprocess as pre
+
+    root, out, _ = features
+    copy = tmp_path / "features"
+    shutil.copytree(out, copy)
+    manifest = root / "data" / "download" / "manifest.parquet"
+    raw = _raw(root)
+    raw["preprocess"]["modalities"] = ["text"]
+    monkeypatch.setattr(pre, "code_fingerprint", lambda: "other code")
+    stats = run_preprocess(parse_params(raw), manifest, copy)
+    assert stats["text"]["resumed_shards"] == 0
+    assert not (copy / "image").exists() and not (copy / "audio").exists()  # modalities no longer asked for
+    monkeypatch.undo()
+    raw["preprocess"]["dtype"] = "float32"
+    stats = run_preprocess(parse_params(raw), manifest, copy)
+    assert stats["text"]["resumed_shards"] == 0
+    assert read_shard(copy / "text" / "shard-00000.safetensors").pooled.dtype == torch.float32
+
+
 def _raw(root):
     import yaml
 

@@ -71,3 +71,27 @@ def test_transformers_weight_mapping_reproduces_hf_encoder():
         ref = hf(mel).last_hidden_state
         got, _ = ours(mel)
     assert torch.allclose(got, ref, atol=1e-4)
+
+
+def test_log_mel_matches_transformers_whisper_feature_extractor():
+    from transformers import WhisperFeatureExtractor
+
+    wav = load_audio(ASTERISK / "auth-thankyou.wav")
+    ref = WhisperFeatureExtractor(feature_size=80)(wav, sampling_rate=16000, return_tensors="np").input_features[0]
+    ours = log_mel(wav, pad_to_30s=True).numpy()
+    assert ours.shape == ref.shape == (80, 3000)
+    assert np.abs(ours - ref).max() < 1e-3
+    trimmed = log_mel(wav).numpy()
+    # the trimmed mel is the padded one cut at the clip's frames (the per-clip max is the same)
+    n = len(wav) // 160 - 1
+    assert np.abs(trimmed[:, :n] - ref[:, :n]).max() < 1e-3
+
+
+def test_mel_filters_match_transformers_slaney_bank():
+    from transformers.audio_utils import mel_filter_bank
+
+    from edge_glass.encoders.whisper import mel_filters
+
+    ref = mel_filter_bank(num_frequency_bins=201, num_mel_filters=80, min_frequency=0.0, max_frequency=8000.0,
+                          sampling_rate=16000, norm="slaney", mel_scale="slaney").T
+    assert np.abs(ref - mel_filters(80)).max() < 1e-7

@@ -6,8 +6,6 @@ The encoder runs on log-mel frames of the clip's own length (``trim_to_length``)
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import struct
 from functools import lru_cache
@@ -181,31 +179,55 @@ def encoder_from_transformers(hf_encoder: nn.Module) -> WhisperEncoder:
     return enc.eval()
 
 
-@lru_cache(maxsize=4)
-def mel_filters(n_mels: int) -> torch.Tensor:
-    from transformers.audio_utils import mel_filter_bank
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
+    f = np.asarray(f, dtype=np.float64)
+    log_part = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(f >= 1000.0, log_part, 3.0 * f / 200.0)
 
-    fb = mel_filter_bank(
-        num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=n_mels, min_frequency=0.0, max_frequency=8000.0,
-        sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney",
-    )
-    return torch.from_numpy(fb.T.astype(np.float32))  # (n_mels, freq)
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    return np.where(m >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (m - 15.0)), 200.0 * m / 3.0)
+
+
+@lru_cache(maxsize=4)
+def mel_filters(n_mels: int) -> np.ndarray:
+    """Slaney-normalised triangular mel filters, 0-8 kHz (as librosa and Whisper): (n_mels, 201)."""
+    fft_freqs = np.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
+    mel_points = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(SAMPLE_RATE / 2), n_mels + 2))
+    lower = (fft_freqs[None, :] - mel_points[:-2, None]) / np.diff(mel_points)[:-1, None]
+    upper = (mel_points[2:, None] - fft_freqs[None, :]) / np.diff(mel_points)[1:, None]
+    fb = np.maximum(0.0, np.minimum(lower, upper)) * (2.0 / (mel_points[2:] - mel_points[:-2]))[:, None]
+    fb[np.abs(fb) < 1e-10] = 0.0  # float32 denormals would make the mel matmul ~50x slower
+    return np.ascontiguousarray(fb, dtype=np.float32)
 
 
 def log_mel(wav: np.ndarray | torch.Tensor, n_mels: int = 80, pad_to_30s: bool = False) -> torch.Tensor:
-    """Whisper's log-mel spectrogram of a 16 kHz clip: (n_mels, frames), frames = samples // 160 (made even)."""
-    audio = torch.as_tensor(wav, dtype=torch.float32)
+    """Whisper's log-mel spectrogram of a 16 kHz clip: (n_mels, frames), frames = samples // 160 (made even).
+
+    numpy, not torch: on small clips torch's intra-op thread pool costs more than the FFT, and this
+    runs in the loader thread beside the encoder.
+    """
+    audio = np.asarray(wav, dtype=np.float32)
     if pad_to_30s:
-        audio = F.pad(audio, (0, max(0, CHUNK_FRAMES * HOP - audio.shape[-1])))[: CHUNK_FRAMES * HOP]
-    stft = torch.stft(audio, N_FFT, HOP, window=torch.hann_window(N_FFT), return_complex=True)
-    power = stft[..., :-1].abs() ** 2
-    mel = mel_filters(n_mels) @ power
-    log_spec = torch.clamp(mel, min=1e-10).log10()
-    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+        audio = np.pad(audio, (0, max(0, CHUNK_FRAMES * HOP - audio.size)))[: CHUNK_FRAMES * HOP]
+    padded = np.pad(audio, N_FFT // 2, mode="reflect")  # torch.stft(center=True)
+    n_frames = 1 + (padded.size - N_FFT) // HOP
+    frames = np.lib.stride_tricks.as_strided(padded, (n_frames, N_FFT), (padded.strides[0] * HOP, padded.strides[0]))
+    spec = np.fft.rfft(frames * _hann(), axis=-1)[:-1]  # Whisper drops the last frame
+    power = (spec.real**2 + spec.imag**2).astype(np.float32)
+    log_spec = np.log10(np.maximum(mel_filters(n_mels) @ power.T, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     log_spec = (log_spec + 4.0) / 4.0
     if log_spec.shape[-1] % 2:
-        log_spec = F.pad(log_spec, (0, 1))
-    return log_spec[..., :CHUNK_FRAMES]
+        log_spec = np.pad(log_spec, ((0, 0), (0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(log_spec[:, :CHUNK_FRAMES]))
+
+
+@lru_cache(maxsize=1)
+def _hann() -> np.ndarray:
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)  # periodic, as torch
 
 
 def batch_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,12 +237,3 @@ def batch_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     for i, m in enumerate(mels):
         out[i, :, : m.shape[-1]] = m
     return out, lengths
-
-
-def encoder_config(model_dir: str | Path) -> dict:
-    cfg = Path(model_dir) / "config.json"
-    return json.loads(cfg.read_text()) if cfg.exists() else {}
-
-
-def tokens_for_seconds(seconds: float) -> int:
-    return math.ceil(seconds * SAMPLE_RATE / HOP / 2)
