@@ -124,13 +124,13 @@ class PreprocessParams(Strict):
 class PerceiverParams(Strict):
     num_latents: int = Field(64, ge=1)
     depth: int = Field(2, ge=1)
-    heads: int = Field(8, ge=1)
-    dim_head: int = Field(64, ge=1)
+    heads: int = Field(4, ge=1)
+    dim_head: int = Field(32, ge=1)
     pool: Literal["perceiver", "mean"] = "perceiver"
 
 
 class MRLParams(Strict):
-    dims: list[int] = Field(default_factory=lambda: [512, 256, 128, 64], min_length=1)
+    dims: list[int] = Field(default_factory=lambda: [256, 128, 64, 32], min_length=1)
     weights: Optional[list[float]] = None
 
     @field_validator("dims")
@@ -154,23 +154,33 @@ class TrainParams(Strict):
     batch_size: int = Field(128, ge=2)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.05, ge=0)
     warmup_steps: int = Field(50, ge=0)
     clip_grad: Optional[float] = Field(1.0, gt=0)
     checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(100, ge=1)
+    num_threads: Optional[int] = Field(None, ge=1)
+    nproc_per_node: int = Field(1, ge=1)
 
 
 class LossParams(Strict):
     temperature_init: float = Field(0.07, gt=0)
     learnable_temperature: bool = True
-    pairs: list[Literal["image_text", "audio_text", "image_audio"]] = Field(
-        default_factory=lambda: ["image_text", "audio_text", "image_audio"], min_length=1
+    pairs: list[Literal["image_text", "audio_text", "image_audio", "fused_text"]] = Field(
+        default_factory=lambda: ["image_text", "audio_text", "image_audio", "fused_text"], min_length=1
     )
 
 
 class AlignParams(Strict):
-    projection_dim: int = Field(512, ge=1)
-    fusion: Literal["concat", "cross_attention", "gated"] = "concat"
+    dim: int = Field(128, ge=8)
+    projection_dim: int = Field(256, ge=1)
+    text_head: Literal["mlp", "linear", "pca"] = "mlp"
+    freeze_text_head: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
+    token_dropout: float = Field(0.0, ge=0, lt=1)
+    fusion: Literal["concat", "cross_attention", "gated"] = "gated"
     perceiver: PerceiverParams = PerceiverParams()
     mrl: MRLParams = MRLParams()
     loss: LossParams = LossParams()
@@ -182,7 +192,25 @@ class AlignParams(Strict):
             raise ValueError(
                 f"mrl.dims[0]={self.mrl.dims[0]} is larger than projection_dim={self.projection_dim}"
             )
+        if self.train.batch_size % self.train.nproc_per_node:
+            raise ValueError(
+                f"train.batch_size={self.train.batch_size} must be divisible by train.nproc_per_node={self.train.nproc_per_node}"
+            )
         return self
+
+
+class EvaluateParams(Strict):
+    split: Literal["train", "val", "test"] = "test"
+    recall_k: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    chunk_size: int = Field(1024, ge=1)
+    baseline_ridge: float = Field(100.0, ge=0)  # used when there is no val split to choose it
+
+    @field_validator("recall_k")
+    @classmethod
+    def _positive_k(cls, v):
+        if any(k < 1 for k in v):
+            raise ValueError(f"recall_k values must be >= 1 (got {v})")
+        return sorted(set(v))
 
 
 class Params(Strict):
@@ -190,6 +218,7 @@ class Params(Strict):
     download: DownloadParams = DownloadParams()
     preprocess: PreprocessParams = PreprocessParams()
     align: AlignParams = AlignParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def _format_error(err: ValidationError, source: str) -> str:

@@ -105,6 +105,16 @@ class FeatureStore:
         parts = [read_shard(self.dir / shard_name(int(k))).pooled for k in sorted(self.index["shard"].unique())]
         return list(self.index["id"]), torch.cat(parts) if parts else torch.zeros(0)
 
+    def load_all(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Every id's tokens (views into the shard tensors) and pooled feature, read once."""
+        tokens, pooled = {}, {}
+        for k in sorted(self.index["shard"].unique()):
+            shard = read_shard(self.dir / shard_name(int(k)))
+            for row, i in enumerate(shard.ids):
+                tokens[i] = shard.item_tokens(row)
+                pooled[i] = shard.pooled[row]
+        return tokens, pooled
+
     def tokens(self, item_id: str) -> torch.Tensor:
         row = self.index.loc[self.index["id"] == item_id]
         if row.empty:

@@ -38,3 +38,22 @@ def small_download(tmp_path_factory):
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def small_features(small_download, tmp_path_factory):
+    """Features of the small download (real encoders), shared by the align/evaluate tests."""
+    from edge_glass.preprocess import run_preprocess
+
+    root, raw, _ = small_download
+    out = tmp_path_factory.mktemp("small_features")
+    run_preprocess(parse_params(raw), root / "data" / "download" / "manifest.parquet", out)
+    return root / "data" / "download" / "manifest.parquet", out
+
+
+TINY_ALIGN = {
+    "dim": 16, "projection_dim": 32, "text_head": "mlp", "freeze_text_head": False, "token_dropout": 0.3,
+    "perceiver": {"num_latents": 4, "depth": 1, "heads": 2, "dim_head": 8},
+    "mrl": {"dims": [32, 16]},
+    "train": {"steps": 6, "batch_size": 8, "warmup_steps": 2, "checkpoint_every": 2, "log_every": 1, "eval_every": 3},
+}

@@ -34,7 +34,7 @@ def test_bad_params_name_the_key(override, key, words):
 def test_defaults_validate_and_match_schema_defaults():
     p = parse_params({})
     assert p.align.perceiver.num_latents == 64
-    assert p.align.mrl.dims == [512, 256, 128, 64]
+    assert p.align.mrl.dims == [256, 128, 64, 32]
 
 
 def test_params_yaml_is_the_hydra_composition_of_conf():

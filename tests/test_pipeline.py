@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, TINY_ALIGN
 
 
 def run(cmd, cwd):
@@ -23,9 +23,15 @@ def test_dvc_repro_then_noop(tmp_path):
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["download"]["limit_per_source"] = 6
     params["preprocess"]["shard_size"] = 4
+    params["align"] = {**params["align"], **json.loads(json.dumps(TINY_ALIGN))}
+    params["align"]["train"].update(batch_size=4, steps=4)
+    params["evaluate"]["split"] = "train"  # 12 items leave too few in test for a meaningful gallery
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run("dvc repro", clone)
-    assert "Running stage 'download'" in out and "Running stage 'preprocess'" in out
+    for stage in ("download", "preprocess", "align", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    retrieval = json.loads((clone / "metrics" / "retrieval.json").read_text())
+    assert set(retrieval["trained"]) >= {"image_to_text", "audio_to_text", "fused_to_text"}
     stats = json.loads((clone / "metrics" / "download.json").read_text())
     assert stats["sources"]["openmoji"]["kept"] == 6 and stats["sources"]["asterisk"]["kept"] == 6
     pre = json.loads((clone / "metrics" / "preprocess.json").read_text())
@@ -33,6 +39,11 @@ def test_dvc_repro_then_noop(tmp_path):
     again = run("dvc repro", clone)
     assert "Running stage" not in again
     assert "up to date" in again.lower()
+    params["align"]["perceiver"]["num_latents"] = 2
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    fourth = run("dvc repro", clone)
+    assert "Running stage 'align'" in fourth and "Running stage 'evaluate'" in fourth
+    assert "Running stage 'preprocess'" not in fourth and "Running stage 'download'" not in fourth
     params["preprocess"]["dtype"] = "float32"
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run("dvc repro", clone)

@@ -1,0 +1,85 @@
+"""The alignment model: resamplers over cached media tokens, fusion, MRL heads, learnable temperature."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edge_glass.config import AlignParams
+from edge_glass.models.fusion import build_fusion
+from edge_glass.models.mrl import MRLHead
+from edge_glass.models.perceiver import MeanPool, PerceiverResampler
+
+MEDIA = ("image", "audio")
+
+
+@dataclass
+class Batch:
+    """Padded media tokens with masks, presence flags and one caption feature per item."""
+
+    tokens: dict[str, torch.Tensor]  # modality -> (b, n, d), zeros where absent
+    masks: dict[str, torch.Tensor]  # modality -> (b, n) True for real tokens
+    present: dict[str, torch.Tensor]  # modality -> (b,) bool
+    text: torch.Tensor  # (b, text_dim) pooled caption features
+
+    def to(self, device) -> "Batch":
+        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return Batch(move(self.tokens), move(self.masks), move(self.present), self.text.to(device))
+
+
+class AlignModel(nn.Module):
+    """Embeds image, audio, fused (image+audio) and text into one ``projection_dim`` space."""
+
+    def __init__(self, cfg: AlignParams, token_dims: dict[str, int], text_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        p = cfg.perceiver
+        self.media = [m for m in MEDIA if m in token_dims]
+
+        def resampler(in_dim):
+            if p.pool == "mean":
+                return MeanPool(in_dim, cfg.dim)
+            return PerceiverResampler(in_dim, cfg.dim, p.num_latents, p.depth, p.heads, p.dim_head)
+
+        self.resamplers = nn.ModuleDict({m: resampler(token_dims[m]) for m in self.media})
+        self.heads = nn.ModuleDict({m: MRLHead(cfg.dim, cfg.projection_dim, "mlp", cfg.dropout) for m in self.media})
+        self.has_fusion = set(MEDIA) <= set(self.media)
+        if self.has_fusion:
+            self.fusion = build_fusion(cfg.fusion, cfg.dim, p.heads, p.dim_head)
+            self.heads["fused"] = MRLHead(cfg.dim, cfg.projection_dim, "mlp", cfg.dropout)
+        self.heads["text"] = MRLHead(text_dim, cfg.projection_dim, cfg.text_head, cfg.dropout)
+        init = math.log(1 / cfg.loss.temperature_init)
+        self.logit_scale = nn.Parameter(torch.tensor(init), requires_grad=cfg.loss.learnable_temperature)
+
+    def latents(self, modality: str, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.resamplers[modality](tokens, mask)
+
+    def forward(self, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """modality -> (z (b, projection_dim) with zero rows where absent, present (b,))."""
+        b = batch.text.shape[0]
+        out, lat = {}, {}
+        for m in self.media:
+            idx = batch.present[m].nonzero().squeeze(1)
+            lat[m] = self.latents(m, batch.tokens[m][idx], batch.masks[m][idx]) if len(idx) else None
+            out[m] = (self._scatter(b, idx, self.heads[m](lat[m].mean(dim=1)) if len(idx) else None), batch.present[m])
+        if self.has_fusion:
+            both = batch.present["image"] & batch.present["audio"]
+            idx = both.nonzero().squeeze(1)
+            rows = None
+            if len(idx):
+                pos = {m: torch.cumsum(batch.present[m].long(), 0) - 1 for m in MEDIA}  # row of each item in lat[m]
+                fused = self.fusion(lat["image"][pos["image"][idx]], lat["audio"][pos["audio"][idx]])
+                rows = self.heads["fused"](fused.mean(dim=1))
+            out["fused"] = (self._scatter(b, idx, rows), both)
+        out["text"] = (self.heads["text"](batch.text), torch.ones(b, dtype=torch.bool, device=batch.text.device))
+        return out
+
+    def _scatter(self, b: int, idx: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        z = torch.zeros(b, self.cfg.projection_dim, device=idx.device)
+        return z if rows is None else z.index_copy(0, idx, rows)
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=math.log(100)).exp()

@@ -1,0 +1,76 @@
+"""Perceiver resampler (Flamingo): a fixed set of latents reads a variable-length token sequence."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+
+def feed_forward(dim: int, mult: int = 4) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(), nn.Linear(dim * mult, dim, bias=False))
+
+
+class PerceiverAttention(nn.Module):
+    """Latents query [media; latents]: separate norms for media and latents, latents joined into keys/values."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads = heads
+        inner = heads * dim_head
+        self.norm_media = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, media: torch.Tensor, latents: torch.Tensor, media_mask: torch.Tensor | None) -> torch.Tensor:
+        """media (b, n, d), latents (b, m, d), media_mask (b, n) True for real tokens."""
+        media, latents = self.norm_media(media), self.norm_latents(latents)
+        q = self.to_q(latents)
+        k, v = self.to_kv(torch.cat([media, latents], dim=1)).chunk(2, dim=-1)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        mask = None
+        if media_mask is not None:
+            keep_latents = torch.ones(latents.shape[:2], dtype=torch.bool, device=latents.device)
+            mask = torch.cat([media_mask, keep_latents], dim=1)[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class PerceiverResampler(nn.Module):
+    """(b, n, in_dim) tokens with a mask -> (b, num_latents, dim) latents."""
+
+    def __init__(self, in_dim: int, dim: int, num_latents: int, depth: int, heads: int, dim_head: int):
+        super().__init__()
+        self.proj_in = nn.Linear(in_dim, dim)
+        self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
+        self.layers = nn.ModuleList(
+            nn.ModuleList([PerceiverAttention(dim, heads, dim_head), feed_forward(dim)]) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        media = self.proj_in(tokens)
+        x = repeat(self.latents, "m d -> b m d", b=tokens.shape[0])
+        for attn, ff in self.layers:
+            x = x + attn(media, x, mask)
+            x = x + ff(x)
+        return self.norm(x)
+
+
+class MeanPool(nn.Module):
+    """Ablation of the resampler: project tokens and take their masked mean as a single latent."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.proj_in = nn.Linear(in_dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.proj_in(tokens)
+        if mask is None:
+            return self.norm(x.mean(dim=1, keepdim=True))
+        w = mask.unsqueeze(-1).to(x.dtype)
+        return self.norm((x * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp(min=1))
