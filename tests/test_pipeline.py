@@ -23,8 +23,10 @@ def test_dvc_repro_then_noop(tmp_path):
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["download"]["limit_per_source"] = 6
     params["preprocess"]["shard_size"] = 4
-    params["align"] = {**params["align"], **json.loads(json.dumps(TINY_ALIGN))}
-    params["align"]["train"].update(batch_size=4, steps=4)
+    tiny = json.loads(json.dumps(TINY_ALIGN))
+    params["align"]["train"].update(tiny.pop("train"), batch_size=4, steps=4)
+    params["align"]["perceiver"].update(tiny.pop("perceiver"))
+    params["align"].update(tiny)
     params["evaluate"]["split"] = "train"  # 12 items leave too few in test for a meaningful gallery
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run("dvc repro", clone)
