@@ -59,3 +59,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def files_fingerprint(paths) -> str:
+    """One hash over several files' contents (sorted by path): a code version for resumable work."""
+    return sha256_text("".join(sha256_file(p) for p in sorted(Path(p) for p in paths)))

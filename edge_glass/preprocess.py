@@ -21,7 +21,7 @@ from edge_glass.encoders.base import FrozenEncoder
 from edge_glass.features import (
     plan_shards, read_offsets, read_shard_metadata, remove_stale, shard_fingerprint, shard_name, write_index, write_shard,
 )
-from edge_glass.io import atomic_path, sha256_file, sha256_text, write_json
+from edge_glass.io import atomic_path, files_fingerprint, sha256_file, write_json
 from edge_glass.manifest import read_manifest
 from edge_glass.media import MediaError
 
@@ -84,8 +84,7 @@ def _load_all(encoder: FrozenEncoder, items: list[WorkItem]) -> list[tuple[WorkI
 def code_fingerprint() -> str:
     """Hash of the code that computes features: a changed encoder or loader invalidates finished shards."""
     pkg = Path(__file__).parent
-    files = sorted([*pkg.glob("encoders/*.py"), pkg / "preprocess.py", pkg / "features.py", pkg / "media.py"])
-    return sha256_text("".join(sha256_file(f) for f in files))
+    return files_fingerprint([*pkg.glob("encoders/*.py"), pkg / "preprocess.py", pkg / "features.py", pkg / "media.py"])
 
 
 def make_batches(items: list[WorkItem], bs: int) -> list[list[WorkItem]]:

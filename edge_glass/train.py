@@ -16,7 +16,7 @@ from tqdm import tqdm
 from edge_glass.config import AlignParams, Params
 from edge_glass.data import AlignData, drop_tokens, global_batch
 from edge_glass.distributed import DistInfo, barrier, gather_with_local_grad, sync_gradients
-from edge_glass.io import atomic_path, sha256_file, sha256_text, write_json
+from edge_glass.io import atomic_path, files_fingerprint, sha256_file, sha256_text, write_json
 from edge_glass.models.align import AlignModel
 from edge_glass.models.mrl import init_head_with_pca, mrl_info_nce
 
@@ -78,8 +78,10 @@ def make_optimizer(model: AlignModel, cfg: AlignParams) -> torch.optim.AdamW:
 
 
 def run_fingerprint(params: Params, features_dir: Path) -> str:
-    """What a checkpoint must match to be resumed: align params, seed and the cached features."""
-    return sha256_text(json.dumps({"align": params.align.model_dump(), "seed": params.seed,
+    """What a checkpoint must match to be resumed: align params, seed, cached features and training code."""
+    pkg = Path(__file__).parent
+    code = files_fingerprint([*pkg.glob("models/*.py"), pkg / "train.py", pkg / "data.py", pkg / "distributed.py"])
+    return sha256_text(json.dumps({"align": params.align.model_dump(), "seed": params.seed, "code": code,
                                    "features": sha256_file(features_dir / "encoders.json")}, sort_keys=True))
 
 

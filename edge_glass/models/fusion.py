@@ -3,29 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from edge_glass.models.perceiver import feed_forward
-
-
-class CrossAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int):
-        super().__init__()
-        self.heads = heads
-        inner = heads * dim_head
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_kv = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        q = self.to_q(self.norm_q(x))
-        k, v = self.to_kv(self.norm_kv(context)).chunk(2, dim=-1)
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
-        return self.to_out(rearrange(F.scaled_dot_product_attention(q, k, v), "b h n d -> b n (h d)"))
+from edge_glass.models.perceiver import CrossAttention, feed_forward
 
 
 class ConcatFusion(nn.Module):

@@ -12,31 +12,50 @@ def feed_forward(dim: int, mult: int = 4) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(), nn.Linear(dim * mult, dim, bias=False))
 
 
-class PerceiverAttention(nn.Module):
-    """Latents query [media; latents]: separate norms for media and latents, latents joined into keys/values."""
+class CrossAttention(nn.Module):
+    """Queries from ``x`` attend to ``context``; pre-norms on both sides."""
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
         self.heads = heads
         inner = heads * dim_head
-        self.norm_media = nn.LayerNorm(dim)
-        self.norm_latents = nn.LayerNorm(dim)
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(dim, inner * 2, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, media: torch.Tensor, latents: torch.Tensor, media_mask: torch.Tensor | None) -> torch.Tensor:
-        """media (b, n, d), latents (b, m, d), media_mask (b, n) True for real tokens."""
-        media, latents = self.norm_media(media), self.norm_latents(latents)
-        q = self.to_q(latents)
-        k, v = self.to_kv(torch.cat([media, latents], dim=1)).chunk(2, dim=-1)
+    def attend(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q = self.to_q(x)
+        k, v = self.to_kv(context).chunk(2, dim=-1)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.attend(self.norm_q(x), self.norm_kv(context))
+
+
+class PerceiverAttention(CrossAttention):
+    """Latents query [media; latents]: separate norms for media and latents, latents joined into keys/values."""
+
+    @property
+    def norm_latents(self) -> nn.LayerNorm:
+        return self.norm_q
+
+    @property
+    def norm_media(self) -> nn.LayerNorm:
+        return self.norm_kv
+
+    def forward(self, media: torch.Tensor, latents: torch.Tensor, media_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """media (b, n, d), latents (b, m, d), media_mask (b, n) True for real tokens."""
+        latents = self.norm_latents(latents)
+        context = torch.cat([self.norm_media(media), latents], dim=1)
         mask = None
         if media_mask is not None:
             keep_latents = torch.ones(latents.shape[:2], dtype=torch.bool, device=latents.device)
             mask = torch.cat([media_mask, keep_latents], dim=1)[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        return self.attend(latents, context, mask)
 
 
 class PerceiverResampler(nn.Module):
