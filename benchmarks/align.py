@@ -20,7 +20,7 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edge_glass.config import parse_params  # noqa: E402
-from edge_glass.data import AlignData, global_batch  # noqa: E402
+from edge_glass.data import AlignData, global_batch, pad_tokens  # noqa: E402
 from edge_glass.distributed import DistInfo  # noqa: E402
 from edge_glass.manifest import read_manifest  # noqa: E402
 from edge_glass.models.align import Batch  # noqa: E402
@@ -32,16 +32,11 @@ def online_batch(encoders, rows, base: Path, data: AlignData) -> Batch:
     """Encode the batch's raw inputs now, as a notebook pipeline would, into the same Batch layout."""
     tokens, masks, present = {}, {}, {}
     for m, path_col in (("image", "image_path"), ("audio", "audio_path")):
-        have = [i for i, r in enumerate(rows) if isinstance(getattr(r, path_col), str)]
-        feats, _ = encoders[m].forward([encoders[m].load(base / getattr(rows[i], path_col)) for i in have]) if have else ([], None)
-        length = max((f.shape[0] for f in feats), default=1)
-        x = torch.zeros(len(rows), length, data.token_dims[m])
-        mask = torch.zeros(len(rows), length, dtype=torch.bool)
-        for i, f in zip(have, feats):
-            x[i, : f.shape[0]] = f
-            mask[i, : f.shape[0]] = True
-        tokens[m], masks[m] = x, mask
-        present[m] = torch.tensor([i in set(have) for i in range(len(rows))])
+        paths = [getattr(r, path_col) for r in rows]
+        have = [i for i, p in enumerate(paths) if isinstance(p, str)]
+        feats, _ = encoders[m].forward([encoders[m].load(base / paths[i]) for i in have]) if have else ([], None)
+        by_row = dict(zip(have, feats))
+        tokens[m], masks[m], present[m] = pad_tokens([by_row.get(i) for i in range(len(rows))], data.token_dims[m])
     _, pooled = encoders["text"].forward([r.captions[0] for r in rows])
     return Batch(tokens, masks, present, pooled)
 

@@ -27,7 +27,7 @@ class AlignData:
         text_store = FeatureStore(features_dir / "text")
         _, text_pooled = text_store.load_all()
         caption_ids = text_store.index.groupby("item_id")["id"].apply(list).to_dict()
-        self.item_ids, self.captions, self.caption_texts = [], [], []
+        self.item_ids, self.captions = [], []
         self.tokens: dict[str, list[torch.Tensor | None]] = {m: [] for m in media_tokens}
         for row in manifest.itertuples(index=False):
             caps = caption_ids.get(row.item_id, [])
@@ -36,7 +36,6 @@ class AlignData:
                 continue
             self.item_ids.append(row.item_id)
             self.captions.append(torch.stack([text_pooled[c] for c in caps]).float())
-            self.caption_texts.append([row.captions[int(c.rsplit("#", 1)[1])] for c in caps])
             for m, t in media.items():
                 self.tokens[m].append(t)
         if not self.item_ids:
@@ -50,21 +49,26 @@ class AlignData:
     def batch(self, indices: list[int] | np.ndarray, caption_choice: list[int] | np.ndarray | None = None) -> Batch:
         """Pad each modality's tokens to the longest present item; caption k of item i (default 0)."""
         tokens, masks, present = {}, {}, {}
-        n = len(indices)
         for m, per_item in self.tokens.items():
-            items = [per_item[i] for i in indices]
-            length = max((t.shape[0] for t in items if t is not None), default=1)
-            x = torch.zeros(n, length, self.token_dims[m])
-            mask = torch.zeros(n, length, dtype=torch.bool)
-            for j, t in enumerate(items):
-                if t is not None:
-                    x[j, : t.shape[0]] = t.float()
-                    mask[j, : t.shape[0]] = True
-            tokens[m], masks[m] = x, mask
-            present[m] = torch.tensor([t is not None for t in items], dtype=torch.bool)
-        choice = caption_choice if caption_choice is not None else [0] * n
+            tokens[m], masks[m], present[m] = pad_tokens([per_item[i] for i in indices], self.token_dims[m])
+        choice = caption_choice if caption_choice is not None else [0] * len(indices)
         text = torch.stack([self.captions[i][k] for i, k in zip(indices, choice)])
         return Batch(tokens, masks, present, text)
+
+
+def pad_tokens(items: list[torch.Tensor | None], dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad variable-length (n_i, dim) token sets (None: item lacks the modality).
+
+    Returns tokens (b, max n_i, dim), mask (b, max n_i) for real tokens, and presence (b,).
+    """
+    length = max((t.shape[0] for t in items if t is not None), default=1)
+    x = torch.zeros(len(items), length, dim)
+    mask = torch.zeros(len(items), length, dtype=torch.bool)
+    for j, t in enumerate(items):
+        if t is not None:
+            x[j, : t.shape[0]] = t.float()
+            mask[j, : t.shape[0]] = True
+    return x, mask, torch.tensor([t is not None for t in items], dtype=torch.bool)
 
 
 def global_batch(step: int, micro: int, grad_accum: int, batch_size: int, n_items: int, seed: int,

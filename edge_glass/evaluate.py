@@ -15,9 +15,6 @@ from edge_glass.features import FeatureStore
 from edge_glass.models.align import AlignModel
 from edge_glass.retrieval import recall_at_k
 
-TASKS = {"image": "image", "audio": "audio", "fused": "fused"}  # media side of each media<->text task
-
-
 @torch.no_grad()
 def embed_split(model: AlignModel, data: AlignData, batch_size: int = 256) -> dict[str, tuple[torch.Tensor, list[str]]]:
     """Projected (unnormalised) embeddings of every media item and every caption of ``data``."""

@@ -102,8 +102,9 @@ class FeatureStore:
 
     def pooled(self) -> tuple[list[str], torch.Tensor]:
         """All pooled features in index order."""
-        parts = [read_shard(self.dir / shard_name(int(k))).pooled for k in sorted(self.index["shard"].unique())]
-        return list(self.index["id"]), torch.cat(parts) if parts else torch.zeros(0)
+        ids = list(self.index["id"])
+        _, pooled = self.load_all()
+        return ids, torch.stack([pooled[i] for i in ids]) if ids else torch.zeros(0)
 
     def load_all(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Every id's tokens (views into the shard tensors) and pooled feature, read once."""

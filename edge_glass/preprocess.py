@@ -142,10 +142,13 @@ def preprocess_modality(
     plan = plan_shards([it.id for it in items], params.preprocess.shard_size)
     by_id = {it.id: it for it in items}
     fingerprints = [shard_fingerprint(base, shard_ids) for shard_ids in plan]
-    todo = {}  # shard -> its batches, for shards not finished by an earlier run
+    finished = {}  # shard -> metadata, for shards an earlier run already wrote with this fingerprint
+    todo = {}  # shard -> its batches, for the others
     for k, shard_ids in enumerate(plan):
         meta = read_shard_metadata(mod_dir / shard_name(k))
-        if meta is None or meta.get("fingerprint") != fingerprints[k]:
+        if meta is not None and meta.get("fingerprint") == fingerprints[k]:
+            finished[k] = meta
+        else:
             todo[k] = make_batches([by_id[i] for i in shard_ids], batch_size(modality, params))
     index_rows, rejects, resumed = [], [], 0
     encode_seconds, encoded_now = 0.0, 0
@@ -155,21 +158,21 @@ def preprocess_modality(
         loaded_batches = prefetched(partial(_load_all, encoder), jobs, pool)
         for k, shard_ids in enumerate(plan):
             path = mod_dir / shard_name(k)
-            fingerprint = fingerprints[k]
             if k in todo:
                 t0 = time.perf_counter()
                 ids, tokens, pooled, shard_rejects = encode_shard(
                     encoder, [by_id[i] for i in shard_ids], loaded_batches, len(todo[k]), bar.update
                 )
                 metadata = {
-                    "fingerprint": fingerprint, "modality": modality, "encoder": encoder.info.name,
+                    "fingerprint": fingerprints[k], "modality": modality, "encoder": encoder.info.name,
                     "rejects": shard_rejects,
                 }
                 write_shard(path, ids, tokens, pooled, DTYPES[dtype_name], metadata)
                 encode_seconds += time.perf_counter() - t0
                 encoded_now += len(shard_ids)
-            meta = read_shard_metadata(path)
-            if k not in todo:
+                meta = {**metadata, "ids": ids}
+            else:
+                meta = finished[k]
                 resumed += 1
                 bar.update(len(shard_ids))
             ids = meta["ids"]
