@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from edge_glass.config import Params
 from edge_glass.data import AlignData
 from edge_glass.features import FeatureStore
+from edge_glass.linear_probe import RIDGE_GRID, ridge_map
 from edge_glass.models.align import AlignModel
 from edge_glass.retrieval import recall_at_k
 
@@ -48,11 +49,11 @@ def media_text_recalls(media: tuple[torch.Tensor, list], text: tuple[torch.Tenso
             f"text_to_{name}": {f"R@{k}": v for k, v in t2m.items()}}
 
 
-def trained_recalls(model: AlignModel, data: AlignData, params: Params) -> dict[int, dict]:
+def trained_recalls(model: AlignModel, data: AlignData, params: Params, dims: list[int] | None = None) -> dict[int, dict]:
     emb = embed_split(model, data)
     ev = params.evaluate
     by_dim = {}
-    for d in model.cfg.mrl.dims:
+    for d in dims or model.cfg.mrl.dims:
         norm = {m: (F.normalize(z[:, :d], dim=-1), o) for m, (z, o) in emb.items()}
         res = {}
         for m in ("image", "audio", "fused"):
@@ -60,17 +61,6 @@ def trained_recalls(model: AlignModel, data: AlignData, params: Params) -> dict[
                 res.update(media_text_recalls(norm[m], norm["text"], m, ev.recall_k, ev.chunk_size))
         by_dim[d] = res
     return by_dim
-
-
-def ridge_map(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
-    """Closed-form least squares W minimising |[x,1] W - y|^2 + ridge |W|^2 (bias not penalised)."""
-    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-    reg = ridge * torch.eye(x1.shape[1], dtype=x.dtype)
-    reg[-1, -1] = 0
-    return torch.linalg.solve(x1.t() @ x1 + reg, x1.t() @ y)
-
-
-RIDGE_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
 def baseline_recalls(features_dir: Path, manifest: pd.DataFrame, split: str, params: Params) -> dict:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from edge_glass.config import AlignParams, Params
 from edge_glass.data import AlignData, drop_tokens, global_batch
 from edge_glass.distributed import DistInfo, barrier, gather_with_local_grad, sync_gradients
+from edge_glass.linear_probe import fit_standardised_ridge
 from edge_glass.io import atomic_path, files_fingerprint, sha256_file, sha256_text, write_json
 from edge_glass.models.align import AlignModel
 from edge_glass.models.mrl import init_head_with_pca, mrl_info_nce
@@ -26,9 +27,8 @@ PAIRS = {"image_text": ("image", "text"), "audio_text": ("audio", "text"),
          "image_audio": ("image", "audio"), "fused_text": ("fused", "text")}
 
 
-def lr_at(step: int, cfg: AlignParams) -> float:
-    """Linear warmup to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
-    t = cfg.train
+def lr_at(step: int, t) -> float:
+    """Linear warmup to ``t.lr``, then cosine decay to ``t.lr * t.min_lr_ratio`` at the last step (train params)."""
     if step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
     progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
@@ -56,14 +56,40 @@ def contrastive_loss(model: AlignModel, out: dict, cfg: AlignParams, info: DistI
     return total, parts
 
 
-def build_model(cfg: AlignParams, data: AlignData, seed: int) -> AlignModel:
+def build_model(cfg: AlignParams, data: AlignData, seed: int, val: AlignData | None = None) -> AlignModel:
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = AlignModel(cfg, data.token_dims, data.text_dim)
     if cfg.text_head == "pca":
         init_head_with_pca(model.heads["text"], torch.cat(data.captions))
     if cfg.freeze_text_head:
         model.heads["text"].requires_grad_(False)
+    if model.linear is not None:
+        init_linear_path(model, data, val)
     return model
+
+
+@torch.no_grad()
+def pooled_and_targets(model: AlignModel, data: AlignData, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean media token of each item with ``modality`` and the mean of its captions in the text space."""
+    idx = [i for i, t in enumerate(data.tokens[modality]) if t is not None]
+    pooled = torch.cat([model.pooled_tokens(data.batch(idx[s:s + 256]), modality) for s in range(0, len(idx), 256)])
+    targets = torch.stack([model.heads["text"](data.captions[i]).mean(0) for i in idx])
+    return pooled, targets
+
+
+@torch.no_grad()
+def init_linear_path(model: AlignModel, data: AlignData, val: AlignData | None) -> dict[str, float]:
+    """Set each medium's linear path to the ridge map from its mean token to its captions' text embedding."""
+    chosen = {}
+    for m in model.media:
+        x, y = pooled_and_targets(model, data, m)
+        xv, yv = pooled_and_targets(model, val, m) if val is not None and any(t is not None for t in val.tokens[m]) \
+            else (None, None)
+        weight, bias, chosen[m] = fit_standardised_ridge(x, y, xv, yv)
+        model.linear[m].weight.copy_(weight.t().float())
+        model.linear[m].bias.copy_(bias.float())
+    log.info("linear path initialised by ridge regression (ridge per medium: %s)", chosen)
+    return chosen
 
 
 def make_optimizer(model: AlignModel, cfg: AlignParams) -> torch.optim.AdamW:
@@ -85,9 +111,13 @@ def run_fingerprint(params: Params, features_dir: Path) -> str:
                                    "features": sha256_file(features_dir / "encoders.json")}, sort_keys=True))
 
 
-def save_checkpoint(path: Path, model: AlignModel, opt: torch.optim.Optimizer, step: int, fingerprint: str, history: list) -> None:
-    """Model and AdamW state in one safetensors file; step, fingerprint and loss history in its metadata."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, fingerprint: str,
+                    history: list, trainable_only: bool = False) -> None:
+    """Model and AdamW state in one safetensors file; step, fingerprint and loss history in its metadata.
+
+    ``trainable_only`` keeps just the parameters that train (LoRA + projector next to a frozen LM).
+    """
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in trainable_state(model, trainable_only).items()}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
         for p in group["params"]:
@@ -101,7 +131,13 @@ def save_checkpoint(path: Path, model: AlignModel, opt: torch.optim.Optimizer, s
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def load_checkpoint(path: Path, model: AlignModel, opt: torch.optim.Optimizer, fingerprint: str) -> tuple[int, list]:
+def trainable_state(model: torch.nn.Module, trainable_only: bool) -> dict[str, torch.Tensor]:
+    if not trainable_only:
+        return model.state_dict()
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, fingerprint: str) -> tuple[int, list]:
     """Restore a checkpoint written for the same run; returns (next step, history) or (0, []) if none fits."""
     if not path.exists():
         return 0, []
@@ -117,7 +153,11 @@ def load_checkpoint(path: Path, model: AlignModel, opt: torch.optim.Optimizer, f
         log.info("checkpoint %s is from other params or features; training from scratch", path)
         return 0, []
     tensors = load_file(str(path))
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing = set(state) - set(model.state_dict())
+    if missing:
+        raise ValueError(f"{path}: checkpoint tensors not in the model: {sorted(missing)[:5]}")
+    model.load_state_dict(state, strict=False)
     params = dict(model.named_parameters())
     for name, p in params.items():
         if f"optim.{name}.exp_avg" in tensors:
@@ -132,7 +172,7 @@ def load_checkpoint(path: Path, model: AlignModel, opt: torch.optim.Optimizer, f
 def train_step(model: AlignModel, opt, data: AlignData, step: int, params: Params, info: DistInfo) -> dict:
     cfg = params.align
     t = cfg.train
-    lr = lr_at(step, cfg)
+    lr = lr_at(step, t)
     for group in opt.param_groups:
         group["lr"] = lr
     local = t.batch_size // info.world
@@ -178,6 +218,17 @@ def validation_loss(model: AlignModel, data: AlignData, params: Params, info: Di
     return float(np.mean(losses)) if losses else float("nan")
 
 
+@torch.no_grad()
+def validation_recall(model: AlignModel, data: AlignData, params: Params) -> float:
+    """Mean R@1 over the media<->text tasks at the largest MRL dim: the checkpoint-selection score."""
+    from edge_glass.evaluate import trained_recalls
+
+    model.eval()
+    top = trained_recalls(model, data, params, dims=[params.align.mrl.dims[0]])[params.align.mrl.dims[0]]
+    model.train()
+    return float(np.mean([r["R@1"] for r in top.values()]))
+
+
 def train(params: Params, features_dir: str | Path, manifest: str | Path, out_dir: str | Path,
           live_dir: str | Path | None, info: DistInfo = DistInfo()) -> dict:
     """Train (or resume) the alignment model; rank 0 writes checkpoints, the final model and DVCLive logs."""
@@ -192,11 +243,13 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
         val = AlignData(features_dir, manifest, "val")
     except ValueError:  # no validation items (tiny subsets): no val loss
         val = None
-    model = build_model(cfg, data, params.seed).to(info.device)
+    model = build_model(cfg, data, params.seed, val).to(info.device)
     opt = make_optimizer(model, cfg)
     fingerprint = run_fingerprint(params, features_dir)
     ckpt = out_dir / "checkpoints" / "last.safetensors"
+    best_path = out_dir / "checkpoints" / "best.safetensors"
     start, history = load_checkpoint(ckpt, model, opt, fingerprint)
+    best = best_score(best_path, fingerprint) if start else None
     if start and info.is_main:
         log.info("resuming from step %d (%s)", start, ckpt)
     live = open_live(live_dir, history) if info.is_main and live_dir else None
@@ -208,6 +261,10 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
         last = step + 1 == cfg.train.steps
         if val is not None and ((step + 1) % cfg.train.eval_every == 0 or last):
             logged["val_loss"] = validation_loss(model, val, params, info)
+            logged["val_r1"] = validation_recall(model, val, params)
+            if info.is_main and (best is None or logged["val_r1"] > best["val_r1"]):
+                best = {"step": step + 1, "val_r1": logged["val_r1"]}
+                save_weights(best_path, model, {"fingerprint": fingerprint, **best})
         if (step + 1) % cfg.train.log_every == 0 or last or "val_loss" in logged:
             entry = {"step": step + 1, **{k: round(v, 6) for k, v in logged.items()}}
             history.append(entry)
@@ -222,11 +279,33 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
                "parameters": sum(p.numel() for p in model.parameters()), "seconds": round(seconds, 2),
                "final": history[-1] if history else {}}
     if info.is_main:
+        if cfg.train.select == "best_val" and best is not None:
+            model.load_state_dict(load_file(str(best_path), device=str(info.device)))
+            log.info("keeping the step-%d model (val R@1 %.3f)", best["step"], best["val_r1"])
+        summary["selected"] = best if cfg.train.select == "best_val" else {"step": cfg.train.steps}
         save_model(out_dir, model, params, data)
         write_json(summary, out_dir / "train_summary.json")
         if live:
             live.end()
     return summary
+
+
+def save_weights(path: Path, model: AlignModel, meta: dict) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"edge_glass": json.dumps(meta)})
+
+
+def best_score(path: Path, fingerprint: str) -> dict | None:
+    """Step and val R@1 of the best model saved by this run so far (None if absent or from another run)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["edge_glass"])
+    except Exception:
+        return None
+    return {"step": meta["step"], "val_r1": meta["val_r1"]} if meta.get("fingerprint") == fingerprint else None
 
 
 def save_model(out_dir: Path, model: AlignModel, params: Params, data: AlignData) -> None:
@@ -255,10 +334,13 @@ def open_live(live_dir: str | Path, history: list):
     return live
 
 
+VAL_NAMES = {"val_loss": "val/loss", "val_r1": "val/recall_at_1"}
+
+
 def log_entry(live, entry: dict) -> None:
     live.step = entry["step"]
     for k, v in entry.items():
         if k != "step":
-            live.log_metric(f"train/{k}" if k != "val_loss" else "val/loss", v)
+            live.log_metric(VAL_NAMES.get(k, f"train/{k}"), v)
     live.next_step()
 

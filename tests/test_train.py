@@ -62,9 +62,9 @@ def _history(out_dir):
 
 def test_schedule_and_sampler_are_deterministic():
     p = _params(steps=100, warmup_steps=10).align
-    assert lr_at(0, p) == pytest.approx(p.train.lr / 10)
-    assert lr_at(9, p) == pytest.approx(p.train.lr)
-    assert lr_at(99, p) == pytest.approx(p.train.lr * p.train.min_lr_ratio, rel=1e-2)
+    assert lr_at(0, p.train) == pytest.approx(p.train.lr / 10)
+    assert lr_at(9, p.train) == pytest.approx(p.train.lr)
+    assert lr_at(99, p.train) == pytest.approx(p.train.lr * p.train.min_lr_ratio, rel=1e-2)
     a = global_batch(5, 0, 1, 8, 20, 0, [2] * 20)
     b = global_batch(5, 0, 1, 8, 20, 0, [2] * 20)
     assert (a[0] == b[0]).all() and (a[1] == b[1]).all()

@@ -51,6 +51,14 @@ class AlignModel(nn.Module):
             self.fusion = build_fusion(cfg.fusion, cfg.dim, p.heads, p.dim_head)
             self.heads["fused"] = MRLHead(cfg.dim, cfg.projection_dim, "mlp", cfg.dropout)
         self.heads["text"] = MRLHead(text_dim, cfg.projection_dim, cfg.text_head, cfg.dropout)
+        self.linear = None
+        if cfg.linear_path:
+            # LP-FT: a linear map of the mean token, set to the ridge solution before training, plus the
+            # resampler path whose last layer starts at zero, so training starts from the linear probe
+            self.linear = nn.ModuleDict({m: nn.Linear(token_dims[m], cfg.projection_dim) for m in self.media})
+            for m in [*self.media, "fused"] if self.has_fusion else self.media:
+                nn.init.zeros_(self.heads[m].net[-1].weight)
+                nn.init.zeros_(self.heads[m].net[-1].bias)
         init = math.log(1 / cfg.loss.temperature_init)
         self.logit_scale = nn.Parameter(torch.tensor(init), requires_grad=cfg.loss.learnable_temperature)
 
@@ -60,11 +68,18 @@ class AlignModel(nn.Module):
     def forward(self, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """modality -> (z (b, projection_dim) with zero rows where absent, present (b,))."""
         b = batch.text.shape[0]
-        out, lat = {}, {}
+        out, lat, lin = {}, {}, {}
         for m in self.media:
             idx = batch.present[m].nonzero().squeeze(1)
-            lat[m] = self.latents(m, batch.tokens[m][idx], batch.masks[m][idx]) if len(idx) else None
-            out[m] = (self._scatter(b, idx, self.heads[m](lat[m].mean(dim=1)) if len(idx) else None), batch.present[m])
+            rows = None
+            if len(idx):
+                tokens, mask = batch.tokens[m][idx], batch.masks[m][idx]
+                lat[m] = self.latents(m, tokens, mask)
+                rows = self.heads[m](lat[m].mean(dim=1))
+                if self.linear is not None:
+                    lin[m] = self.linear[m](masked_mean(tokens, mask))
+                    rows = rows + lin[m]
+            out[m] = (self._scatter(b, idx, rows), batch.present[m])
         if self.has_fusion:
             both = batch.present["image"] & batch.present["audio"]
             idx = both.nonzero().squeeze(1)
@@ -73,9 +88,16 @@ class AlignModel(nn.Module):
                 pos = {m: torch.cumsum(batch.present[m].long(), 0) - 1 for m in MEDIA}  # row of each item in lat[m]
                 fused = self.fusion(lat["image"][pos["image"][idx]], lat["audio"][pos["audio"][idx]])
                 rows = self.heads["fused"](fused.mean(dim=1))
+                if self.linear is not None:
+                    rows = rows + (lin["image"][pos["image"][idx]] + lin["audio"][pos["audio"][idx]]) / 2
             out["fused"] = (self._scatter(b, idx, rows), both)
         out["text"] = (self.heads["text"](batch.text), torch.ones(b, dtype=torch.bool, device=batch.text.device))
         return out
+
+    def pooled_tokens(self, batch: Batch, modality: str) -> torch.Tensor:
+        """Masked mean token of every item that has ``modality`` (the linear path's input)."""
+        idx = batch.present[modality].nonzero().squeeze(1)
+        return masked_mean(batch.tokens[modality][idx], batch.masks[modality][idx])
 
     def _scatter(self, b: int, idx: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         z = torch.zeros(b, self.cfg.projection_dim, device=idx.device)
@@ -83,3 +105,9 @@ class AlignModel(nn.Module):
 
     def scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=math.log(100)).exp()
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(b, n, d) tokens, (b, n) mask -> (b, d) mean over real tokens."""
+    w = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)

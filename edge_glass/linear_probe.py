@@ -1,0 +1,48 @@
+"""Closed-form ridge maps from frozen pooled features into a text space, with the ridge picked on val."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+RIDGE_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
+
+
+def ridge_map(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Closed-form least squares W minimising |[x,1] W - y|^2 + ridge |W|^2 (bias not penalised)."""
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    reg = ridge * torch.eye(x1.shape[1], dtype=x.dtype)
+    reg[-1, -1] = 0
+    return torch.linalg.solve(x1.t() @ x1 + reg, x1.t() @ y)
+
+
+def apply_map(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1) @ w
+
+
+def top1_accuracy(mapped: torch.Tensor, targets: torch.Tensor) -> float:
+    """Share of rows whose nearest target (cosine) is their own: a cheap R@1 for choosing the ridge."""
+    sims = F.normalize(mapped, dim=-1) @ F.normalize(targets, dim=-1).t()
+    return float((sims.argmax(1) == torch.arange(len(sims))).double().mean())
+
+
+def fit_standardised_ridge(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor | None = None,
+                           y_val: torch.Tensor | None = None, default_ridge: float = 100.0
+                           ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Fit y ~ x on standardised x for every ridge in RIDGE_GRID; keep the best val top-1.
+
+    Returns (weight (in, out), bias (out,)) acting on raw x, and the chosen ridge.
+    """
+    x_train, y_train = x_train.double(), y_train.double()
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
+    maps = {r: ridge_map((x_train - mu) / sd, y_train, r) for r in RIDGE_GRID}
+    if x_val is not None and len(x_val) > 1:
+        xv = (x_val.double() - mu) / sd
+        best = max(RIDGE_GRID, key=lambda r: top1_accuracy(apply_map(maps[r], xv), y_val.double()))
+    else:
+        best = default_ridge if default_ridge in maps else RIDGE_GRID[-1]
+        maps.setdefault(best, ridge_map((x_train - mu) / sd, y_train, best))
+    w = maps[best]
+    weight = w[:-1] / sd[:, None]
+    bias = w[-1] - (mu / sd) @ w[:-1]
+    return weight, bias, best
