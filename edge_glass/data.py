@@ -27,7 +27,7 @@ class AlignData:
         text_store = FeatureStore(features_dir / "text")
         _, text_pooled = text_store.load_all()
         caption_ids = text_store.index.groupby("item_id")["id"].apply(list).to_dict()
-        self.item_ids, self.captions = [], []
+        self.item_ids, self.captions, self.caption_texts = [], [], []
         self.tokens: dict[str, list[torch.Tensor | None]] = {m: [] for m in media_tokens}
         for row in manifest.itertuples(index=False):
             caps = caption_ids.get(row.item_id, [])
@@ -36,6 +36,7 @@ class AlignData:
                 continue
             self.item_ids.append(row.item_id)
             self.captions.append(torch.stack([text_pooled[c] for c in caps]).float())
+            self.caption_texts.append([str(row.captions[int(c.rsplit("#", 1)[1])]) for c in caps])
             for m, t in media.items():
                 self.tokens[m].append(t)
         if not self.item_ids:

@@ -57,3 +57,24 @@ TINY_ALIGN = {
     "mrl": {"dims": [32, 16]},
     "train": {"steps": 6, "batch_size": 8, "warmup_steps": 2, "checkpoint_every": 2, "log_every": 1, "eval_every": 3},
 }
+
+
+@pytest.fixture(scope="session")
+def prepared_lm(tmp_path_factory):
+    """The packaged SmolLM2-135M GGUF converted once into a plain folder (what the prepare_lm stage writes)."""
+    from edge_glass.lm import convert_gguf, packaged_gguf
+
+    out = tmp_path_factory.mktemp("lm")
+    convert_gguf(packaged_gguf("SmolLM2-135M-Instruct"), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_align(small_features, tmp_path_factory):
+    """A tiny align model trained on the small real features: (manifest, features, align dir)."""
+    from edge_glass.train import train
+
+    manifest, features = small_features
+    out = tmp_path_factory.mktemp("tiny_align")
+    train(parse_params({"seed": 0, "align": TINY_ALIGN}), features, manifest, out, None)
+    return manifest, features, out

@@ -1,0 +1,144 @@
+"""The decode stage: train a caption decoder on aligned features, then caption the evaluation split."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from edge_glass.config import Params
+from edge_glass.data import AlignData, global_batch
+from edge_glass.decoders.base import CaptionDecoder
+from edge_glass.decoders.conditioning import Conditioning, aligned_conditioning
+from edge_glass.generate import generate
+from edge_glass.io import atomic_path, files_fingerprint, sha256_file, sha256_text, write_json
+from edge_glass.train import load_checkpoint, load_model, lr_at, open_live, log_entry, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def build_decoder(params: Params, cond: Conditioning, lm_dir: str | Path) -> CaptionDecoder:
+    """The decoder named by ``decode.kind``; seeded so every run starts from the same weights."""
+    from edge_glass.lm import load_lm
+
+    dc = params.decode
+    latent_dim, embedding_dim = cond.latents.shape[-1], cond.embedding.shape[-1]
+    lm, tokenizer = load_lm(dc.lm, lm_dir) if dc.kind == "lora_lm" else (None, None)
+    torch.manual_seed(params.seed)
+    if dc.kind == "lora_lm":
+        from edge_glass.decoders.lora_lm import LoraLMDecoder
+
+        return LoraLMDecoder(lm, tokenizer, dc.lm, latent_dim, embedding_dim)
+    from transformers import AutoTokenizer
+
+    from edge_glass.decoders.trm import TRMDecoder
+    from edge_glass.lm import resolve_lm
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_lm(dc.lm.model, lm_dir))
+    return TRMDecoder(tokenizer, dc.trm, latent_dim, embedding_dim)
+
+
+def parameter_counts(decoder: CaptionDecoder) -> dict[str, int]:
+    total = sum(p.numel() for p in decoder.parameters())
+    trainable = sum(p.numel() for p in decoder.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "frozen": total - trainable}
+
+
+def decode_fingerprint(params: Params, align_dir: Path, lm_dir: Path) -> str:
+    """What a decode checkpoint must match: decode params, seed, align model, LM weights and code."""
+    pkg = Path(__file__).parent
+    code = files_fingerprint([*pkg.glob("decoders/*.py"), pkg / "decode.py", pkg / "lm.py"])
+    lm = sha256_file(lm_dir / "edge_glass.json") if (lm_dir / "edge_glass.json").exists() else params.decode.lm.model
+    return sha256_text(json.dumps({"decode": params.decode.model_dump(exclude={"generate", "split"}), "seed": params.seed,
+                                   "align": sha256_file(align_dir / "model.safetensors"), "lm": lm, "code": code},
+                                  sort_keys=True))
+
+
+def caption_batch(decoder: CaptionDecoder, data: AlignData, cond: Conditioning, step: int, params: Params):
+    t = params.decode.train
+    idx, choice = global_batch(step, 0, 1, t.batch_size, len(data), params.seed, [len(c) for c in data.caption_texts])
+    ids, mask = decoder.encode_captions([data.caption_texts[i][k] for i, k in zip(idx, choice)],
+                                        params.decode.max_caption_tokens)
+    return cond.select(idx), ids, mask
+
+
+def train_decoder(params: Params, decoder: CaptionDecoder, data: AlignData, cond: Conditioning, out_dir: Path,
+                  fingerprint: str, live_dir: str | Path | None) -> dict:
+    """AdamW with warmup + cosine on the trainable parameters; checkpoints every N steps; resumes."""
+    t = params.decode.train
+    trainable = [p for p in decoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
+    ckpt = out_dir / "checkpoints" / "last.safetensors"
+    start, history = load_checkpoint(ckpt, decoder, opt, fingerprint)
+    if start:
+        log.info("resuming decode from step %d (%s)", start, ckpt)
+    live = open_live(live_dir, history) if live_dir else None
+    decoder.train()
+    t0 = time.perf_counter()
+    tokens = 0
+    bar = tqdm(range(start, t.steps), desc=f"decode[{params.decode.kind}]", unit="step", initial=start, total=t.steps)
+    for step in bar:
+        torch.manual_seed(params.seed * 1_000_003 + step)  # LoRA / TRM dropout: the same draws after a resume
+        lr = lr_at(step, t)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        c, ids, mask = caption_batch(decoder, data, cond, step, params)
+        loss = decoder.loss(c, ids, mask)
+        loss.backward()
+        loss = loss.detach()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, t.clip_grad)) if t.clip_grad else float("nan")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += int(mask.sum())
+        last = step + 1 == t.steps
+        if (step + 1) % t.log_every == 0 or last:
+            entry = {"step": step + 1, "loss": round(float(loss.detach()), 6), "lr": lr, "grad_norm": round(grad_norm, 6)}
+            history.append(entry)
+            if live:
+                log_entry(live, entry)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        if (step + 1) % t.checkpoint_every == 0 or last:
+            save_checkpoint(ckpt, decoder, opt, step + 1, fingerprint, history, trainable_only=True)
+    seconds = time.perf_counter() - t0
+    if live:
+        live.end()
+    return {"steps": t.steps, "resumed_from": start, "seconds": round(seconds, 2),
+            "train_tokens_per_s": round(tokens / seconds, 1) if seconds and tokens else None,
+            "final": history[-1] if history else {}}
+
+
+def run_decode(params: Params, features_dir: str | Path, manifest: str | Path, align_dir: str | Path,
+               lm_dir: str | Path, out_dir: str | Path, live_dir: str | Path | None = None) -> dict:
+    """Train (or resume) the decoder, then write captions for ``decode.split`` to ``captions.parquet``."""
+    dc = params.decode
+    if dc.train.num_threads:
+        torch.set_num_threads(dc.train.num_threads)
+    features_dir, align_dir, lm_dir, out_dir = map(Path, (features_dir, align_dir, lm_dir, out_dir))
+    align = load_model(align_dir).requires_grad_(False)
+    train_data = AlignData(features_dir, manifest, "train")
+    eval_data = AlignData(features_dir, manifest, dc.split)
+    train_cond = aligned_conditioning(align, train_data, dc.prefix_tokens)
+    eval_cond = aligned_conditioning(align, eval_data, dc.prefix_tokens)
+    decoder = build_decoder(params, train_cond, lm_dir)
+    counts = parameter_counts(decoder)
+    log.info("%s decoder: %s trainable of %s parameters", dc.kind, f"{counts['trainable']:,}", f"{counts['total']:,}")
+    summary = train_decoder(params, decoder, train_data, train_cond, out_dir, decode_fingerprint(params, align_dir, lm_dir),
+                            live_dir)
+    t0 = time.perf_counter()
+    captions = generate(decoder, eval_cond, dc.generate, seed=params.seed)
+    seconds = time.perf_counter() - t0
+    generated_tokens = sum(len(decoder.tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in captions)
+    frame = pd.DataFrame({"item_id": eval_data.item_ids, "generated": captions,
+                          "references": [list(c) for c in eval_data.caption_texts]})
+    with atomic_path(out_dir / "captions.parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+    summary.update(kind=dc.kind, parameters=counts, split=dc.split, items=len(frame),
+                   generate_seconds=round(seconds, 2), generate_tokens_per_s=round(generated_tokens / seconds, 1))
+    write_json(summary, out_dir / "decode_summary.json")
+    return summary

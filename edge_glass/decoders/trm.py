@@ -1,0 +1,90 @@
+"""TRM-style tiny recursive caption decoder ("Less is More: Recursive Reasoning with Tiny Networks").
+
+One small causal transformer (``layers`` blocks) is applied again and again with shared weights: each
+cycle updates a latent state ``z`` ``latent_steps`` times from (input x, answer y, z), then updates the
+answer ``y`` from (y, z). All cycles but the last run without gradient, as in TRM. Causal attention
+at every application keeps next-token prediction valid, so captions decode autoregressively.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from edge_glass.config import TRMParams
+from edge_glass.decoders.base import CaptionDecoder
+from edge_glass.decoders.conditioning import Conditioning, Projector
+
+MAX_POSITIONS = 256
+
+
+class CausalBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.norm_attn = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 4), nn.GELU(), nn.Linear(dim * 4, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(self.norm_attn(x)), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.dropout(self.out(rearrange(attn, "b h n d -> b n (h d)")))
+        return x + self.dropout(self.mlp(self.norm_mlp(x)))
+
+
+class RecursiveNet(nn.Module):
+    """The weight-tied network; ``calls`` counts its applications (one per latent or answer update)."""
+
+    def __init__(self, dim: int, layers: int, heads: int, dropout: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(CausalBlock(dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class TRMDecoder(CaptionDecoder):
+    def __init__(self, tokenizer, params: TRMParams, latent_dim: int, embedding_dim: int):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.cfg = params
+        vocab = len(tokenizer)
+        self.token_embedding = nn.Embedding(vocab, params.dim)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.positions = nn.Parameter(torch.randn(MAX_POSITIONS, params.dim) * 0.02)
+        self.z_init = nn.Parameter(torch.zeros(params.dim))
+        self.projector = Projector(latent_dim, embedding_dim, params.dim)
+        self.net = RecursiveNet(params.dim, params.layers, params.heads, params.dropout)
+        self.norm_out = nn.LayerNorm(params.dim)
+
+    def recurse(self, x: torch.Tensor) -> torch.Tensor:
+        """Answer state after ``cycles`` x (``latent_steps`` latent updates + one answer update)."""
+        y = x
+        z = self.z_init.expand_as(x)
+        for cycle in range(self.cfg.cycles):
+            last = cycle == self.cfg.cycles - 1
+            with contextlib.nullcontext() if last or not self.training else torch.no_grad():
+                for _ in range(self.cfg.latent_steps):
+                    z = self.net(x + y + z)
+                y = self.net(y + z)
+        return y
+
+    def logits(self, cond: Conditioning, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.projector(cond), self.token_embedding(ids)], dim=1)
+        if x.shape[1] > MAX_POSITIONS:
+            raise ValueError(f"TRM decoder handles {MAX_POSITIONS} positions (got {x.shape[1]}); shorten captions")
+        x = x + self.positions[: x.shape[1]]
+        return self.norm_out(self.recurse(x)) @ self.token_embedding.weight.t()

@@ -1,0 +1,202 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import REPO
+from edge_glass.config import GenerateParams, LMParams, TRMParams, parse_params
+from edge_glass.data import AlignData
+from edge_glass.decode import build_decoder, caption_batch, parameter_counts, train_decoder
+from edge_glass.decoders.base import CaptionDecoder
+from edge_glass.decoders.conditioning import aligned_conditioning
+from edge_glass.decoders.lora_lm import LoraLMDecoder
+from edge_glass.decoders.trm import TRMDecoder
+from edge_glass.generate import generate
+from edge_glass.lm import load_lm
+from edge_glass.train import load_model
+
+
+def _params(kind="lora_lm", **train):
+    return parse_params({"seed": 0, "decode": {"kind": kind, "prefix_tokens": 2, "max_caption_tokens": 12,
+                                                "train": {"steps": 8, "batch_size": 4, "warmup_steps": 1, "log_every": 1,
+                                                          "checkpoint_every": 2, **train},
+                                                "generate": {"max_new_tokens": 5, "batch_size": 8}}})
+
+
+@pytest.fixture(scope="module")
+def conditioned(tiny_align):
+    manifest, features, align_dir = tiny_align
+    data = AlignData(features, manifest, "train")
+    return data, aligned_conditioning(load_model(align_dir), data, prefix_tokens=2)
+
+
+def test_conditioning_uses_fused_latents_for_triples(conditioned, tiny_align):
+    data, cond = conditioned
+    assert cond.latents.shape == (len(data), 2, 16) and cond.embedding.shape == (len(data), 32)
+    assert torch.isfinite(cond.latents).all() and cond.embedding.abs().sum(1).gt(0).all()
+
+
+def test_lora_decoder_trains_only_adapters_and_projector(conditioned, prepared_lm, tmp_path):
+    data, cond = conditioned
+    params = _params(lr=3e-3)
+    decoder = build_decoder(params, cond, prepared_lm)
+    counts = parameter_counts(decoder)
+    trainable = [n for n, p in decoder.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or n.startswith("projector.") for n in trainable)
+    assert 0 < counts["trainable"] < counts["total"] / 50 and counts["total"] > 130e6
+    summary = train_decoder(params, decoder, data, cond, tmp_path, "fp", tmp_path / "live")
+    losses = [float(x.split()[1]) for x in (tmp_path / "live/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+    assert len(losses) == 8 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert summary["final"]["step"] == 8
+
+
+def test_generation_is_deterministic_under_a_seed(conditioned, prepared_lm):
+    data, cond = conditioned
+    decoder = build_decoder(_params(), cond, prepared_lm)
+    cond = cond.select(list(range(4)))
+    nucleus = GenerateParams(strategy="nucleus", top_p=0.95, temperature=1.5, max_new_tokens=5)
+    a, b = generate(decoder, cond, nucleus, seed=3), generate(decoder, cond, nucleus, seed=3)
+    assert a == b and len(a) == 4 and all(isinstance(t, str) for t in a)
+    greedy = generate(decoder, cond, GenerateParams(max_new_tokens=5))
+    assert greedy == generate(decoder, cond, GenerateParams(max_new_tokens=5))
+    one_beam = generate(decoder, cond, GenerateParams(strategy="beam", num_beams=1, max_new_tokens=5))
+    assert one_beam == greedy  # beam search of width 1 is greedy decoding
+    beams = generate(decoder, cond, GenerateParams(strategy="beam", num_beams=3, max_new_tokens=5))
+    assert len(beams) == 4
+
+
+class MarkovDecoder(CaptionDecoder):
+    """A hand-made next-token table where greedy is short-sighted: the best first token (A, p=0.6)
+    leads to a flat distribution, the second (B, p=0.4) to EOS with p=1."""
+
+    class Tokenizer:
+        eos_token_id = 0
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join("_AB"[i] if i < 3 else "x" for i in ids)
+
+    tokenizer = Tokenizer()
+    vocab = 8
+
+    def next_logits(self, cond, ids):
+        rows = []
+        for row in ids.tolist():
+            p = torch.full((self.vocab,), 1e-9)
+            if not row:
+                p[1], p[2] = 0.6, 0.4
+            elif row[-1] == 2:
+                p[0] = 1.0
+            else:
+                p[3:] = 0.2  # after A: five equally likely tokens, EOS unlikely
+                p[0] = 0.0
+            rows.append(p.log())
+        return torch.stack(rows)
+
+
+def test_beam_search_finds_what_greedy_misses():
+    from edge_glass.decoders.conditioning import Conditioning
+
+    cond = Conditioning(torch.zeros(2, 1, 4), torch.zeros(2, 4))
+    decoder = MarkovDecoder()
+    assert generate(decoder, cond, GenerateParams(max_new_tokens=2)) == ["Ax", "Ax"]
+    assert generate(decoder, cond, GenerateParams(strategy="beam", num_beams=2, max_new_tokens=2)) == ["B", "B"]
+    sampled = generate(decoder, cond, GenerateParams(strategy="nucleus", top_p=0.5, max_new_tokens=1), seed=1)
+    assert sampled == ["A", "A"]  # top_p=0.5 keeps only the 0.6 token
+
+
+@pytest.mark.parametrize("bits,layer", [("8bit", "Linear8bitLt"), ("4bit", "Linear4bit")])
+def test_quantised_lm_trains_lora_on_cpu(conditioned, prepared_lm, bits, layer):
+    data, cond = conditioned
+    lm, tok = load_lm(LMParams(quantization=bits), prepared_lm)
+    assert type(lm.model.layers[0].self_attn.q_proj).__name__ == layer
+    decoder = LoraLMDecoder(lm, tok, LMParams(quantization=bits), cond.latents.shape[-1], cond.embedding.shape[-1])
+    c, ids, mask = caption_batch(decoder, data, cond, 0, _params())
+    loss = decoder.loss(c, ids, mask)
+    loss.backward()
+    lora_grads = [p.grad for n, p in decoder.named_parameters() if "lora_B" in n]
+    assert torch.isfinite(loss) and lora_grads and all(g is not None for g in lora_grads)
+    assert any(g.abs().sum() > 0 for g in lora_grads)
+
+
+def test_trm_really_recurses(conditioned, prepared_lm):
+    data, cond = conditioned
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(prepared_lm))
+    shallow = TRMDecoder(tok, TRMParams(cycles=1, latent_steps=1), 16, 32).eval()
+    deep = TRMDecoder(tok, TRMParams(cycles=3, latent_steps=2), 16, 32).eval()
+    deep.load_state_dict(shallow.state_dict())  # same weights: depth is the only difference
+    ids, mask = shallow.encode_captions(["grinning face"], 8)
+    c = cond.select([0])
+    with torch.no_grad():
+        a, b = shallow.logits(c, ids, mask), deep.logits(c, ids, mask)
+    assert shallow.net.calls == 1 * (1 + 1) and deep.net.calls == 3 * (2 + 1)
+    assert not torch.allclose(a, b, atol=1e-4)
+    lm, _ = load_lm(LMParams(), prepared_lm)
+    trm_params = sum(p.numel() for p in TRMDecoder(tok, TRMParams(), 128, 256).parameters())
+    assert trm_params * 8 < sum(p.numel() for p in lm.parameters())
+
+
+def test_trm_gradient_flows_only_through_last_cycle(conditioned, prepared_lm):
+    data, cond = conditioned
+    from transformers import AutoTokenizer
+
+    decoder = TRMDecoder(AutoTokenizer.from_pretrained(str(prepared_lm)), TRMParams(cycles=3, latent_steps=2, dropout=0.0), 16, 32)
+    ids, mask = decoder.encode_captions(["red heart", "sun"], 8)
+    decoder.loss(cond.select([0, 1]), ids, mask).backward()
+    assert decoder.z_init.grad is None  # z_init only enters the first (no-grad) cycle
+    assert decoder.net.blocks[0].qkv.weight.grad.abs().sum() > 0
+
+
+def _stage(workdir, params, tiny_align, prepared_lm, wait=True):
+    manifest, features, align_dir = tiny_align
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+    cmd = [sys.executable, str(REPO / "stages" / "decode.py"), "--features", str(features), "--manifest", str(manifest),
+           "--align", str(align_dir), "--lm", str(prepared_lm), "--out", str(workdir / "decode"), "--live", str(workdir / "live")]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _checkpoint_step(path):
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["edge_glass"])["step"]
+    except Exception:
+        return 0
+
+
+@pytest.mark.parametrize("kind", ["lora_lm", "trm"])
+def test_kill_then_rerun_resumes_to_the_same_decoder(tiny_align, prepared_lm, tmp_path, kind):
+    params = _params(kind, steps=12, checkpoint_every=2)
+    (tmp_path / "straight").mkdir()
+    _stage(tmp_path / "straight", params, tiny_align, prepared_lm)
+    (tmp_path / "killed").mkdir()
+    proc = _stage(tmp_path / "killed", params, tiny_align, prepared_lm, wait=False)
+    ckpt = tmp_path / "killed" / "decode" / "checkpoints" / "last.safetensors"
+    deadline = time.time() + 300
+    while _checkpoint_step(ckpt) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= _checkpoint_step(ckpt) < 12, "the run should be killed mid-way"
+    _stage(tmp_path / "killed", params, tiny_align, prepared_lm)
+    summary = json.loads((tmp_path / "killed" / "decode" / "decode_summary.json").read_text())
+    assert summary["resumed_from"] >= 2
+    a = load_file(str(tmp_path / "straight" / "decode" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(ckpt))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    import pandas as pd
+
+    assert pd.read_parquet(tmp_path / "straight" / "decode" / "captions.parquet").equals(
+        pd.read_parquet(tmp_path / "killed" / "decode" / "captions.parquet"))
