@@ -20,8 +20,11 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed() -> DistInfo:
-    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
+def init_distributed(backend: str | None = None) -> DistInfo:
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1).
+
+    Default backend: nccl on GPU, gloo on CPU; preprocess only needs barriers and asks for gloo.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     cuda = torch.cuda.is_available()
@@ -29,7 +32,7 @@ def init_distributed() -> DistInfo:
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend=backend or ("nccl" if cuda else "gloo"))
     return DistInfo(rank, world, device)
 
 

@@ -126,9 +126,14 @@ def encode_shard(
 
 
 def preprocess_modality(
-    modality: str, manifest: pd.DataFrame, base_dir: Path, out_dir: Path, params: Params, encoder: FrozenEncoder | None = None
-) -> dict:
-    """Encode one modality into ``out_dir/modality``; finished shards of an earlier run are kept."""
+    modality: str, manifest: pd.DataFrame, base_dir: Path, out_dir: Path, params: Params, encoder: FrozenEncoder | None = None,
+    rank: int = 0, world: int = 1,
+) -> dict | None:
+    """Encode one modality into ``out_dir/modality``; finished shards of an earlier run are kept.
+
+    With ``world`` > 1 this rank only encodes the shards ``k % world == rank`` and returns None; a
+    later single pass (rank 0) finds every shard finished and writes the index.
+    """
     items = work_items(manifest, modality, base_dir)
     mod_dir = out_dir / modality
     mod_dir.mkdir(parents=True, exist_ok=True)
@@ -148,10 +153,23 @@ def preprocess_modality(
         meta = read_shard_metadata(mod_dir / shard_name(k))
         if meta is not None and meta.get("fingerprint") == fingerprints[k]:
             finished[k] = meta
-        else:
+        elif k % world == rank:
             todo[k] = make_batches([by_id[i] for i in shard_ids], batch_size(modality, params))
     index_rows, rejects, resumed = [], [], 0
     encode_seconds, encoded_now = 0.0, 0
+    if world > 1:
+        mine = sum(len(plan[k]) for k in todo)
+        bar = tqdm(total=mine, desc=f"preprocess {modality} [rank {rank}/{world}]", unit="item", position=rank)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            loaded = prefetched(partial(_load_all, encoder), [b for batches in todo.values() for b in batches], pool)
+            for k in todo:
+                ids, tokens, pooled, shard_rejects = encode_shard(encoder, [by_id[i] for i in plan[k]], loaded,
+                                                                  len(todo[k]), bar.update)
+                write_shard(mod_dir / shard_name(k), ids, tokens, pooled, DTYPES[dtype_name],
+                            {"fingerprint": fingerprints[k], "modality": modality, "encoder": encoder.info.name,
+                             "rejects": shard_rejects})
+        bar.close()
+        return None
     bar = tqdm(total=len(items), desc=f"preprocess {modality}", unit="item")
     with ThreadPoolExecutor(max_workers=1) as pool:
         jobs = [batch for batches in todo.values() for batch in batches]
@@ -209,13 +227,25 @@ def loader_blas_single_threaded():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def run_preprocess(params: Params, manifest_path: str | Path, out_dir: str | Path) -> dict:
-    """Encode every modality in ``params.preprocess.modalities``; write encoders.json and rejects.csv."""
+def run_preprocess(params: Params, manifest_path: str | Path, out_dir: str | Path, rank: int = 0, world: int = 1,
+                   barrier: Callable[[], None] = lambda: None) -> dict | None:
+    """Encode every modality in ``params.preprocess.modalities``; write encoders.json and rejects.csv.
+
+    Under torchrun (``world`` > 1) every rank encodes its own share of the shards, then rank 0 checks
+    them all (fingerprints), writes the indexes and returns the stats; other ranks return None.
+    """
     if params.preprocess.num_threads:
         torch.set_num_threads(params.preprocess.num_threads)
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
     manifest = read_manifest(manifest_path)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if world > 1:
+        for modality in params.preprocess.modalities:
+            with loader_blas_single_threaded():
+                preprocess_modality(modality, manifest, manifest_path.parent, out_dir, params, rank=rank, world=world)
+        barrier()
+        if rank != 0:
+            return None
     stats = {}
     for modality in params.preprocess.modalities:
         with loader_blas_single_threaded():

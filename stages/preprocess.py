@@ -1,14 +1,24 @@
-"""preprocess stage: run the frozen encoders once over the manifest; write feature shards to data/features."""
+"""preprocess stage: run the frozen encoders once over the manifest; write feature shards to data/features.
+
+Scale-out: `torchrun --nproc_per_node=N stages/preprocess.py` splits the shards over N ranks.
+"""
 
 from pathlib import Path
 
 from edge_glass.cli import run_stage, stage_parser
+from edge_glass.distributed import barrier, init_distributed, shutdown
 from edge_glass.io import write_json
 from edge_glass.preprocess import run_preprocess
 
 
 def main(params, args):
-    stats = run_preprocess(params, args.manifest, args.out)
+    info = init_distributed(backend="gloo")  # torchrun --nproc_per_node=N: each rank writes its own shards
+    try:
+        stats = run_preprocess(params, args.manifest, args.out, info.rank, info.world, lambda: barrier(info))
+    finally:
+        shutdown(info)
+    if stats is None:
+        return
     write_json(stats, Path(args.metrics))
     for modality, s in stats.items():
         print(f"{modality}: {s['encoded']} encoded, {s['rejected']} rejected, {s.get('resumed_shards', 0)} shards resumed")

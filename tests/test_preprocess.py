@@ -141,3 +141,20 @@ def test_media_broken_after_download_is_quarantined(small_download, tmp_path):
     assert reasons["image"].startswith("image decode failed")
     assert reasons["audio"].startswith("audio decode failed")
     assert len(FeatureStore(data / "features" / "image").index) == stats["image"]["encoded"]
+
+
+def test_two_ranks_write_their_own_shards_and_match_one_process(small_download, features, tmp_path):
+    """torchrun --nproc_per_node=2: shards split by rank, rank 0 indexes them; same bytes as one process."""
+    root, _, _ = small_download
+    _, reference, _ = features
+    work = tmp_path / "run"
+    shutil.copytree(root / "data", work / "data")
+    shutil.copy(root / "params.yaml", work / "params.yaml")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(REPO / "stages" / "preprocess.py")], cwd=work, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 1/2" in proc.stderr  # rank 1 encoded shards too
+    metrics = json.loads((work / "metrics" / "preprocess.json").read_text())
+    assert all(m["resumed_shards"] == m["shards"] for m in metrics.values())  # rank 0's pass found them all done
+    assert shard_bytes(work / "data" / "features") == shard_bytes(reference)
