@@ -62,3 +62,19 @@ def test_stage_exits_with_message_naming_key(tmp_path):
     assert proc.returncode == 2
     assert "preprocess.dtype" in proc.stderr and "'float16' or 'float32'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+EXPERIMENTS = ["vision_text_qwen", "trimodal_qwen", "trimodal_trm", "mrl_ablation", "perceiver_ablation"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_seed_experiments_compose_and_validate(name):
+    base = compose(conf_dir=REPO / "conf")
+    raw = compose([f"+experiment={name}"], conf_dir=REPO / "conf")
+    params = parse_params(raw, source=name)
+    assert raw != base, f"experiment {name} changes nothing"
+    assert raw["download"] == base["download"] and raw["preprocess"] == base["preprocess"]  # reuse cached features
+    if name.endswith("_trm") or "ablation" in name:
+        assert params.decode.kind == "trm"
+    if name == "perceiver_ablation":
+        assert params.align.perceiver.pool == "perceiver"

@@ -1,0 +1,188 @@
+"""Markdown + PNG report of a pipeline run: retrieval vs baseline, R@1 per MRL dim, loss curves,
+caption metrics and samples, and the Perceiver-latents ablation from `dvc exp show`.
+
+    python -m edge_glass.report                 # writes reports/report.md and reports/*.png
+    python -m edge_glass.report --out DIR --no-experiments
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+TASKS = ["image_to_text", "text_to_image", "audio_to_text", "text_to_audio", "fused_to_text", "text_to_fused"]
+LATENTS_PARAM = "align.perceiver.num_latents"
+POOL_PARAM = "align.perceiver.pool"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def retrieval_table(retrieval: dict) -> str:
+    lines = ["| task | R@1 | R@5 | R@10 | baseline R@1 | baseline R@5 |", "|---|---|---|---|---|---|"]
+    for task in TASKS:
+        r = retrieval["trained"].get(task)
+        if r is None:
+            continue
+        b = retrieval["baseline"].get(task, {})
+        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"| {task} | {fmt(r.get('R@1'))} | {fmt(r.get('R@5'))} | {fmt(r.get('R@10'))} | "
+                     f"{fmt(b.get('R@1'))} | {fmt(b.get('R@5'))} |")
+    return "\n".join(lines)
+
+
+def plot_recall_by_dim(csv: Path, out: Path) -> Path:
+    plt = _plt()
+    frame = pd.read_csv(csv)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for task, rows in frame.groupby("task"):
+        rows = rows.sort_values("dim")
+        ax.plot(rows["dim"], rows["R@1"], marker="o", label=task)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="MRL dim", ylabel="R@1 (test)", title="Recall@1 vs Matryoshka dim")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def read_tsv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path, sep="\t") if path.exists() else None
+
+
+def plot_losses(live_dirs: dict[str, Path], out: Path) -> Path | None:
+    plt = _plt()
+    curves = {name: {k: read_tsv(d / "plots" / "metrics" / rel) for k, rel in
+                     (("train", Path("train/loss.tsv")), ("val", Path("val/loss.tsv")), ("val R@1", Path("val/recall_at_1.tsv")))}
+              for name, d in live_dirs.items()}
+    curves = {n: c for n, c in curves.items() if c["train"] is not None}
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 3.8), squeeze=False)
+    for ax, (name, c) in zip(axes[0], curves.items()):
+        ax.plot(c["train"]["step"], c["train"].iloc[:, -1], label="train loss")
+        if c["val"] is not None:
+            ax.plot(c["val"]["step"], c["val"].iloc[:, -1], label="val loss")
+        ax.set(xlabel="step", ylabel="loss", title=name)
+        ax.grid(alpha=0.3)
+        if c["val R@1"] is not None:
+            twin = ax.twinx()
+            twin.plot(c["val R@1"]["step"], c["val R@1"].iloc[:, -1], color="tab:green", marker=".", label="val R@1")
+            twin.set_ylabel("val R@1")
+            twin.legend(loc="center right", fontsize=7)
+        ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def experiments_table(repo: Path) -> pd.DataFrame | None:
+    """One row per DVC experiment (and the workspace) with its params and metrics, from `dvc exp show --csv`."""
+    proc = subprocess.run(["dvc", "exp", "show", "--csv", "--all-commits"], cwd=repo, capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    return pd.read_csv(io.StringIO(proc.stdout))
+
+
+def ablation_rows(table: pd.DataFrame) -> pd.DataFrame | None:
+    """Perceiver-latent ablation: experiments with pool=perceiver, mean test R@1 over media->text tasks."""
+    need = [c for c in table.columns if c.startswith("trained.") and c.endswith("_to_text.R@1")]
+    if LATENTS_PARAM not in table.columns or POOL_PARAM not in table.columns or not need:
+        return None
+    rows = table[table[POOL_PARAM] == "perceiver"].copy()
+    if rows.empty:
+        return None
+    rows[need] = rows[need].apply(pd.to_numeric, errors="coerce")
+    rows["mean media->text R@1"] = rows[need].mean(axis=1)
+    keep = ["Experiment", LATENTS_PARAM, *need, "mean media->text R@1"]
+    return rows[[c for c in keep if c in rows.columns]].sort_values(LATENTS_PARAM)
+
+
+def plot_ablation(rows: pd.DataFrame, out: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for col in [c for c in rows.columns if c.endswith("R@1")]:
+        ax.plot(rows[LATENTS_PARAM].astype(int), rows[col], marker="o", label=col.replace("trained.", ""))
+    ax.set(xlabel="Perceiver latents", ylabel="R@1 (test)", title="Perceiver latents ablation")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def build_report(repo: Path, out: Path, experiments: bool = True) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = repo / "metrics"
+    retrieval_path = metrics / "retrieval.json"
+    if not retrieval_path.exists():
+        raise FileNotFoundError(f"{retrieval_path}: run `dvc repro` first")
+    retrieval = json.loads(retrieval_path.read_text())
+    parts = ["# edge_glass report", "",
+             f"Split `{retrieval['split']}`, {retrieval['items']} items. Trained = align model at the largest MRL dim; "
+             "baseline = ridge map of frozen pooled features (no training).", "",
+             "## Retrieval", "", retrieval_table(retrieval), ""]
+    if (metrics / "recall_by_dim.csv").exists():
+        plot_recall_by_dim(metrics / "recall_by_dim.csv", out / "recall_by_dim.png")
+        parts += ["## R@1 vs MRL dim", "", "![R@1 vs MRL dim](recall_by_dim.png)", ""]
+    if plot_losses({"align": repo / "dvclive" / "align", "decode": repo / "dvclive" / "decode"}, out / "loss_curves.png"):
+        parts += ["## Loss curves", "", "![loss curves](loss_curves.png)", ""]
+    if (metrics / "captions.json").exists():
+        caps = json.loads((metrics / "captions.json").read_text())
+        summary_path = repo / "data" / "decode" / "decode_summary.json"
+        kind = json.loads(summary_path.read_text()).get("kind", "?") if summary_path.exists() else "?"
+        parts += ["## Captions", "", f"Decoder: `{kind}`.", "", "| metric | value |", "|---|---|"]
+        parts += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in caps.items()]
+        parts.append("")
+        samples = metrics / "caption_samples.md"
+        if samples.exists():
+            parts += ["### Samples", "", *samples.read_text().splitlines()[2:], ""]
+    if experiments:
+        table = experiments_table(repo)
+        rows = ablation_rows(table) if table is not None else None
+        parts += ["## Perceiver latents ablation", ""]
+        if rows is None or rows.empty:
+            parts += ["No experiments with `align.perceiver.pool=perceiver` yet: "
+                      "`dvc exp run -S +experiment=perceiver_ablation -S 'align.perceiver.num_latents=16,32,64' --queue`"
+                      " then `dvc queue start`.", ""]
+        else:
+            plot_ablation(rows, out / "perceiver_ablation.png")
+            parts += [rows.to_markdown(index=False, floatfmt=".3f"), "", "![ablation](perceiver_ablation.png)", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(parts))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", default=".", help="repository root (default: .)")
+    parser.add_argument("--out", default="reports", help="output folder (default: reports)")
+    parser.add_argument("--no-experiments", action="store_true", help="skip `dvc exp show` (ablation section)")
+    args = parser.parse_args(argv)
+    try:
+        report = build_report(Path(args.repo), Path(args.out), not args.no_experiments)
+    except FileNotFoundError as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 3
+    print(f"wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
