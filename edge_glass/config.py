@@ -150,19 +150,27 @@ class MRLParams(Strict):
         return self
 
 
-class TrainParams(Strict):
-    steps: int = Field(600, ge=1)
-    batch_size: int = Field(128, ge=2)
-    grad_accum: int = Field(1, ge=1)
+class OptimizerParams(Strict):
+    """AdamW with linear warmup + cosine decay, clipping and checkpoints (decode.train; base of align.train)."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(20, ge=0)
     clip_grad: Optional[float] = Field(1.0, gt=0)
-    checkpoint_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
     log_every: int = Field(10, ge=1)
-    eval_every: int = Field(100, ge=1)
     num_threads: Optional[int] = Field(None, ge=1)
+
+
+class TrainParams(OptimizerParams):
+    batch_size: int = Field(128, ge=2)  # global contrastive batch (over all ranks)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    eval_every: int = Field(20, ge=1)
     nproc_per_node: int = Field(1, ge=1)
     select: Literal["best_val", "last"] = "best_val"
 
@@ -230,19 +238,6 @@ class TRMParams(Strict):
         return self
 
 
-class DecodeTrainParams(Strict):
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(20, ge=0)
-    clip_grad: Optional[float] = Field(1.0, gt=0)
-    checkpoint_every: int = Field(50, ge=1)
-    log_every: int = Field(10, ge=1)
-    num_threads: Optional[int] = Field(None, ge=1)
-
-
 class GenerateParams(Strict):
     strategy: Literal["greedy", "beam", "nucleus"] = "greedy"
     num_beams: int = Field(3, ge=1)
@@ -259,7 +254,7 @@ class DecodeParams(Strict):
     split: Literal["train", "val", "test"] = "test"
     lm: LMParams = LMParams()
     trm: TRMParams = TRMParams()
-    train: DecodeTrainParams = DecodeTrainParams()
+    train: OptimizerParams = OptimizerParams()
     generate: GenerateParams = GenerateParams()
 
 

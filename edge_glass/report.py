@@ -30,6 +30,15 @@ def _plt():
     return plt
 
 
+def save_line_plot(plt, fig, ax, out: Path) -> Path:
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def retrieval_table(retrieval: dict) -> str:
     lines = ["| task | R@1 | R@5 | R@10 | baseline R@1 | baseline R@5 |", "|---|---|---|---|---|---|"]
     for task in TASKS:
@@ -52,12 +61,7 @@ def plot_recall_by_dim(csv: Path, out: Path) -> Path:
         ax.plot(rows["dim"], rows["R@1"], marker="o", label=task)
     ax.set_xscale("log", base=2)
     ax.set(xlabel="MRL dim", ylabel="R@1 (test)", title="Recall@1 vs Matryoshka dim")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_line_plot(plt, fig, ax, out)
 
 
 def read_tsv(path: Path) -> pd.DataFrame | None:
@@ -119,12 +123,7 @@ def plot_ablation(rows: pd.DataFrame, out: Path) -> Path:
     for col in [c for c in rows.columns if c.endswith("R@1")]:
         ax.plot(rows[LATENTS_PARAM].astype(int), rows[col], marker="o", label=col.replace("trained.", ""))
     ax.set(xlabel="Perceiver latents", ylabel="R@1 (test)", title="Perceiver latents ablation")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_line_plot(plt, fig, ax, out)
 
 
 def build_report(repo: Path, out: Path, experiments: bool = True) -> Path:

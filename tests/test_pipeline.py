@@ -28,10 +28,17 @@ def test_dvc_repro_then_noop(tmp_path):
     params["align"]["perceiver"].update(tiny.pop("perceiver"))
     params["align"].update(tiny)
     params["evaluate"]["split"] = "train"  # 12 items leave too few in test for a meaningful gallery
+    params["decode"].update(kind="trm", split="train", prefix_tokens=2)
+    params["decode"]["trm"].update(dim=32, heads=2)
+    params["decode"]["train"].update(steps=3, batch_size=4, checkpoint_every=2, log_every=1)
+    params["decode"]["generate"].update(max_new_tokens=4)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run("dvc repro", clone)
-    for stage in ("download", "preprocess", "align", "evaluate"):
+    for stage in ("download", "preprocess", "align", "prepare_lm", "decode", "evaluate"):
         assert f"Running stage '{stage}'" in out
+    captions = json.loads((clone / "metrics" / "captions.json").read_text())
+    assert captions["items"] == 12 and {"BLEU-4", "CIDEr-D", "embedding_similarity"} <= set(captions)
+    assert (clone / "metrics" / "caption_samples.md").read_text().startswith("# Generated captions")
     retrieval = json.loads((clone / "metrics" / "retrieval.json").read_text())
     assert set(retrieval["trained"]) >= {"image_to_text", "audio_to_text", "fused_to_text"}
     stats = json.loads((clone / "metrics" / "download.json").read_text())
@@ -41,11 +48,31 @@ def test_dvc_repro_then_noop(tmp_path):
     again = run("dvc repro", clone)
     assert "Running stage" not in again
     assert "up to date" in again.lower()
+    params["decode"]["kind"] = "lora_lm"
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    switched = run("dvc repro", clone)
+    assert "Running stage 'decode'" in switched and "Running stage 'evaluate'" in switched
+    assert not any(f"Running stage '{s}'" in switched for s in ("download", "preprocess", "align", "prepare_lm"))
+    assert json.loads((clone / "data" / "decode" / "decode_summary.json").read_text())["kind"] == "lora_lm"
     params["align"]["perceiver"]["num_latents"] = 2
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     fourth = run("dvc repro", clone)
-    assert "Running stage 'align'" in fourth and "Running stage 'evaluate'" in fourth
-    assert "Running stage 'preprocess'" not in fourth and "Running stage 'download'" not in fourth
+    assert all(f"Running stage '{s}'" in fourth for s in ("align", "decode", "evaluate"))
+    assert not any(f"Running stage '{s}'" in fourth for s in ("download", "preprocess", "prepare_lm"))
+    metric_files = ["metrics/download.json", "metrics/retrieval.json", "metrics/captions.json", "metrics/recall_by_dim.csv",
+                    "dvclive/align/metrics.json", "dvclive/decode/metrics.json"]
+    before = {f: (clone / f).read_text() for f in metric_files}
+    forced = run("dvc repro --force", clone)
+    assert "Running stage 'download'" in forced and "Running stage 'evaluate'" in forced
+    assert {f: (clone / f).read_text() for f in metric_files} == before, "a forced rerun changed the metrics"
+    remote = tmp_path / "remote"
+    run(f"dvc remote add -d local {remote} && dvc push -q", clone)
+    second = tmp_path / "second"
+    run(f"git clone -q {clone} {second} && cp {clone}/params.yaml {clone}/dvc.lock {second}/ "
+        f"&& cp {clone}/.dvc/config {second}/.dvc/config", tmp_path)
+    run("dvc pull -q", second)  # a fresh machine gets the cached outputs from the remote instead of recomputing
+    for out in ("data/decode/captions.parquet", "data/align/model.safetensors", "data/features/image/index.parquet"):
+        assert (second / out).read_bytes() == (clone / out).read_bytes(), out
     params["preprocess"]["dtype"] = "float32"
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run("dvc repro", clone)

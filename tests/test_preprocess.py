@@ -102,12 +102,17 @@ def _raw(root):
     return yaml.safe_load((root / "params.yaml").read_text())
 
 
-def test_kill_9_then_resume_gives_byte_identical_shards(small_download, features, tmp_path):
+def copy_of_small_run(small_download, features, tmp_path) -> tuple[Path, Path]:
+    """A copy of the small download + params to run the stage in, and the reference features folder."""
     root, _, _ = small_download
-    _, reference, _ = features
     work = tmp_path / "run"
     shutil.copytree(root / "data", work / "data")
     shutil.copy(root / "params.yaml", work / "params.yaml")
+    return work, features[1]
+
+
+def test_kill_9_then_resume_gives_byte_identical_shards(small_download, features, tmp_path):
+    work, reference = copy_of_small_run(small_download, features, tmp_path)
     proc = stage(work)
     target = work / "data" / "features" / "image" / "shard-00000.safetensors"
     deadline = time.time() + 120
@@ -145,11 +150,7 @@ def test_media_broken_after_download_is_quarantined(small_download, tmp_path):
 
 def test_two_ranks_write_their_own_shards_and_match_one_process(small_download, features, tmp_path):
     """torchrun --nproc_per_node=2: shards split by rank, rank 0 indexes them; same bytes as one process."""
-    root, _, _ = small_download
-    _, reference, _ = features
-    work = tmp_path / "run"
-    shutil.copytree(root / "data", work / "data")
-    shutil.copy(root / "params.yaml", work / "params.yaml")
+    work, reference = copy_of_small_run(small_download, features, tmp_path)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(REPO / "stages" / "preprocess.py")], cwd=work, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})

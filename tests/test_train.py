@@ -111,3 +111,33 @@ def _initial_text_weight(params, features, manifest):
     from edge_glass.train import build_model
 
     return build_model(params.align, AlignData(features, manifest, "train"), params.seed).state_dict()["heads.text.net.1.weight"]
+
+
+def test_two_nodes_rendezvous_over_c10d_match_one_process(small_features, tmp_path):
+    """Multi-node launch as on a cluster (--nnodes=2, c10d rendezvous), both "nodes" on localhost."""
+    import socket
+
+    manifest, features = small_features
+    params = _params(steps=3)
+    (tmp_path / "one").mkdir()
+    one = _run_stage(tmp_path / "one", params, 1, features, manifest)
+    work = tmp_path / "nodes"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for node in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
+               "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=edge_glass_test",
+               str(REPO / "stages" / "align.py"), "--features", str(features), "--manifest", str(manifest),
+               "--out", str(work / "align"), "--live", str(work / "live")]
+        procs.append(subprocess.Popen(cmd, cwd=work, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    two = load_file(str(work / "align" / "model.safetensors"))
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=2e-5, rtol=1e-4), k
