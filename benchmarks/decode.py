@@ -41,7 +41,7 @@ def measure(kind: str, args) -> dict:
     test = AlignData("data/features", "data/download/manifest.parquet", "test")
     cond = aligned_conditioning(align, train, params.decode.prefix_tokens)
     test_cond = aligned_conditioning(align, test, params.decode.prefix_tokens).select(list(range(min(args.items, len(test)))))
-    decoder = build_decoder(params, cond, "data/lm")
+    decoder = build_decoder(params, cond, "data/lm", [c for caps in train.caption_texts for c in caps])
     opt = torch.optim.AdamW([p for p in decoder.parameters() if p.requires_grad], lr=1e-4)
     decoder.train()
     tokens, t0 = 0, None

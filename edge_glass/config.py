@@ -229,6 +229,7 @@ class TRMParams(Strict):
     heads: int = Field(4, ge=1)
     latent_steps: int = Field(3, ge=1)  # n: latent updates per cycle
     cycles: int = Field(2, ge=1)  # T: latent-then-answer cycles; all but the last run without gradient
+    vocab: Literal["caption", "full"] = "caption"  # output over tokens seen in training captions, or the whole tokenizer
     dropout: float = Field(0.1, ge=0, lt=1)
 
     @model_validator(mode="after")

@@ -23,8 +23,11 @@ from edge_glass.train import load_checkpoint, load_model, lr_at, open_live, log_
 log = logging.getLogger(__name__)
 
 
-def build_decoder(params: Params, cond: Conditioning, lm_dir: str | Path) -> CaptionDecoder:
-    """The decoder named by ``decode.kind``; seeded so every run starts from the same weights."""
+def build_decoder(params: Params, cond: Conditioning, lm_dir: str | Path, captions: list[str] | None = None) -> CaptionDecoder:
+    """The decoder named by ``decode.kind``; seeded so every run starts from the same weights.
+
+    ``captions`` (the training captions) set the TRM's closed vocabulary when ``trm.vocab: caption``.
+    """
     from edge_glass.lm import load_lm
 
     dc = params.decode
@@ -41,7 +44,12 @@ def build_decoder(params: Params, cond: Conditioning, lm_dir: str | Path) -> Cap
     from edge_glass.lm import resolve_lm
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_lm(dc.lm.model, lm_dir))
-    return TRMDecoder(tokenizer, dc.trm, latent_dim, embedding_dim)
+    vocabulary = None
+    if dc.trm.vocab == "caption":
+        if not captions:
+            raise ValueError("decode.trm.vocab=caption needs the training captions")
+        vocabulary = sorted({i for c in captions for i in tokenizer(c, add_special_tokens=False)["input_ids"]})
+    return TRMDecoder(tokenizer, dc.trm, latent_dim, embedding_dim, vocabulary)
 
 
 def parameter_counts(decoder: CaptionDecoder) -> dict[str, int]:
@@ -125,7 +133,7 @@ def run_decode(params: Params, features_dir: str | Path, manifest: str | Path, a
     eval_data = AlignData(features_dir, manifest, dc.split)
     train_cond = aligned_conditioning(align, train_data, dc.prefix_tokens)
     eval_cond = aligned_conditioning(align, eval_data, dc.prefix_tokens)
-    decoder = build_decoder(params, train_cond, lm_dir)
+    decoder = build_decoder(params, train_cond, lm_dir, [c for caps in train_data.caption_texts for c in caps])
     counts = parameter_counts(decoder)
     log.info("%s decoder: %s trainable of %s parameters", dc.kind, f"{counts['trainable']:,}", f"{counts['total']:,}")
     summary = train_decoder(params, decoder, train_data, train_cond, out_dir, decode_fingerprint(params, align_dir, lm_dir),

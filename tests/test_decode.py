@@ -200,3 +200,17 @@ def test_kill_then_rerun_resumes_to_the_same_decoder(tiny_align, prepared_lm, tm
 
     assert pd.read_parquet(tmp_path / "straight" / "decode" / "captions.parquet").equals(
         pd.read_parquet(tmp_path / "killed" / "decode" / "captions.parquet"))
+
+
+def test_trm_closed_vocabulary_round_trips_training_captions(conditioned, prepared_lm):
+    data, cond = conditioned
+    captions = [c for caps in data.caption_texts for c in caps]
+    decoder = build_decoder(_params("trm"), cond, prepared_lm, captions)
+    n = len(decoder.vocab_ids)
+    assert n < 2000 and decoder.token_embedding.num_embeddings == n  # a few hundred caption tokens, not 49k
+    ids, mask = decoder.encode_captions(captions[:3], 12)
+    assert int(ids.max()) < n and decoder.eos_id < n
+    rows = [r[m][:-1].tolist() for r, m in zip(ids, mask)]  # drop the EOS
+    assert decoder.decode(rows) == [c.strip() for c in captions[:3]]
+    logits = decoder.logits(cond.select([0, 1, 2]), ids, mask)
+    assert logits.shape[-1] == n

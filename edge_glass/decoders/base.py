@@ -23,9 +23,10 @@ class CaptionDecoder(nn.Module):
 
     def encode_captions(self, texts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded caption token ids ending in EOS (truncated to ``max_tokens``), and their mask."""
-        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"][: max_tokens - 1] + [self.eos_id] for t in texts]
+        eos = self.tokenizer.eos_token_id
+        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"][: max_tokens - 1] + [eos] for t in texts]
         length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), self.eos_id, dtype=torch.long)
+        ids = torch.full((len(rows), length), eos, dtype=torch.long)
         mask = torch.zeros(len(rows), length, dtype=torch.bool)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)

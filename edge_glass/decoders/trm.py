@@ -57,18 +57,37 @@ class RecursiveNet(nn.Module):
 
 
 class TRMDecoder(CaptionDecoder):
-    def __init__(self, tokenizer, params: TRMParams, latent_dim: int, embedding_dim: int):
+    """``vocabulary`` (tokenizer ids seen in training captions) makes a closed output vocabulary: the
+    embedding and output layer cover only those tokens and EOS (``trm.vocab: caption``)."""
+
+    def __init__(self, tokenizer, params: TRMParams, latent_dim: int, embedding_dim: int,
+                 vocabulary: list[int] | None = None):
         super().__init__()
         self.tokenizer = tokenizer
         self.cfg = params
-        vocab = len(tokenizer)
-        self.token_embedding = nn.Embedding(vocab, params.dim)
+        ids = sorted(set(vocabulary) | {tokenizer.eos_token_id}) if vocabulary is not None else list(range(len(tokenizer)))
+        self.register_buffer("vocab_ids", torch.tensor(ids), persistent=False)  # local index -> tokenizer id
+        to_local = torch.full((max(len(tokenizer), max(ids) + 1),), ids.index(tokenizer.eos_token_id))
+        to_local[self.vocab_ids] = torch.arange(len(ids))
+        self.register_buffer("to_local", to_local, persistent=False)  # unseen tokens read as EOS
+        self.token_embedding = nn.Embedding(len(ids), params.dim)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         self.positions = nn.Parameter(torch.randn(MAX_POSITIONS, params.dim) * 0.02)
         self.z_init = nn.Parameter(torch.zeros(params.dim))
         self.projector = Projector(latent_dim, embedding_dim, params.dim)
         self.net = RecursiveNet(params.dim, params.layers, params.heads, params.dropout)
         self.norm_out = nn.LayerNorm(params.dim)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.to_local[self.tokenizer.eos_token_id])
+
+    def encode_captions(self, texts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = super().encode_captions(texts, max_tokens)
+        return self.to_local[ids], mask
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return super().decode([self.vocab_ids[torch.tensor(r, dtype=torch.long)].tolist() for r in ids])
 
     def recurse(self, x: torch.Tensor) -> torch.Tensor:
         """Answer state after ``cycles`` x (``latent_steps`` latent updates + one answer update)."""
