@@ -108,10 +108,12 @@ def ablation_rows(table: pd.DataFrame) -> pd.DataFrame | None:
     need = [c for c in table.columns if c.startswith("trained.") and c.endswith("_to_text.R@1")]
     if LATENTS_PARAM not in table.columns or POOL_PARAM not in table.columns or not need:
         return None
-    rows = table[table[POOL_PARAM] == "perceiver"].copy()
+    named = table["Experiment"].fillna("").astype(str).str.len() > 0  # experiments, not plain commits
+    rows = table[named & (table[POOL_PARAM] == "perceiver")].copy()
+    rows[need] = rows[need].apply(pd.to_numeric, errors="coerce")
+    rows = rows.dropna(subset=need, how="all")
     if rows.empty:
         return None
-    rows[need] = rows[need].apply(pd.to_numeric, errors="coerce")
     rows["mean media->text R@1"] = rows[need].mean(axis=1)
     keep = ["Experiment", LATENTS_PARAM, *need, "mean media->text R@1"]
     return rows[[c for c in keep if c in rows.columns]].sort_values(LATENTS_PARAM)

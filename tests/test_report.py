@@ -21,11 +21,11 @@ def test_report_renders_from_the_committed_metrics(tmp_path):
 
 def test_ablation_rows_pick_perceiver_experiments_by_latents():
     table = pd.DataFrame({
-        "Experiment": ["", "exp-a", "exp-b", "exp-c"],
-        "align.perceiver.pool": ["mean", "perceiver", "perceiver", "perceiver"],
-        "align.perceiver.num_latents": [64, 64, 16, 32],
-        "trained.image_to_text.R@1": [0.30, 0.25, 0.20, 0.22],
-        "trained.audio_to_text.R@1": [0.40, 0.35, 0.30, "-"],
+        "Experiment": ["", "exp-a", "exp-b", "exp-c", None, "exp-d"],
+        "align.perceiver.pool": ["mean", "perceiver", "perceiver", "perceiver", "perceiver", "perceiver"],
+        "align.perceiver.num_latents": [64, 64, 16, 32, 8, 4],
+        "trained.image_to_text.R@1": [0.30, 0.25, 0.20, 0.22, 0.1, "-"],
+        "trained.audio_to_text.R@1": [0.40, 0.35, 0.30, "-", 0.1, "-"],
     })
     rows = ablation_rows(table)
     assert rows["align.perceiver.num_latents"].tolist() == [16, 32, 64]
