@@ -99,14 +99,14 @@ def train_decoder(params: Params, decoder: CaptionDecoder, data: AlignData, cond
         c, ids, mask = caption_batch(decoder, data, cond, step, params)
         loss = decoder.loss(c, ids, mask)
         loss.backward()
-        loss = loss.detach()
+        loss = loss.detach()  # logged below
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, t.clip_grad)) if t.clip_grad else float("nan")
         opt.step()
         opt.zero_grad(set_to_none=True)
         tokens += int(mask.sum())
         last = step + 1 == t.steps
         if (step + 1) % t.log_every == 0 or last:
-            entry = {"step": step + 1, "loss": round(float(loss.detach()), 6), "lr": lr, "grad_norm": round(grad_norm, 6)}
+            entry = {"step": step + 1, "loss": round(float(loss), 6), "lr": lr, "grad_norm": round(grad_norm, 6)}
             history.append(entry)
             if live:
                 log_entry(live, entry)

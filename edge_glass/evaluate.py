@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from edge_glass.config import Params
 from edge_glass.data import AlignData
 from edge_glass.features import FeatureStore
-from edge_glass.linear_probe import RIDGE_GRID, ridge_map
+from edge_glass.linear_probe import RIDGE_GRID, apply_map, ridge_map
 from edge_glass.models.align import AlignModel
 from edge_glass.retrieval import recall_at_k
 
@@ -89,7 +89,7 @@ def baseline_recalls(features_dir: Path, manifest: pd.DataFrame, split: str, par
 
         def scores(w: torch.Tensor, eval_ids: list[str]) -> dict:
             xe = (torch.stack([pooled[i].double() for i in eval_ids]) - mu) / sd
-            mapped = F.normalize(torch.cat([xe, torch.ones(len(xe), 1, dtype=xe.dtype)], 1) @ w, dim=-1).float()
+            mapped = F.normalize(apply_map(w, xe), dim=-1).float()
             caps = [(i, z) for i in eval_ids for z in text_by_item[i]]
             gallery = F.normalize(torch.stack([z for _, z in caps]), dim=-1).float()
             return media_text_recalls((mapped, eval_ids), (gallery, [i for i, _ in caps]), m, ev.recall_k, ev.chunk_size)

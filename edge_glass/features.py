@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from edge_glass.io import atomic_path, sha256_text
+from edge_glass.io import atomic_path, read_metadata, sha256_text
 
 SHARD_RE = re.compile(r"^shard-(\d{5})\.safetensors$")
 
@@ -32,15 +32,6 @@ def plan_shards(ids: list[str], shard_size: int) -> list[list[str]]:
 
 def shard_fingerprint(base: str, ids: list[str]) -> str:
     return sha256_text(base + "\n" + "\n".join(ids))
-
-
-def read_shard_metadata(path: Path) -> dict | None:
-    """Metadata of a finished shard (ids, fingerprint, rejects, ...), or None if missing or unreadable."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {})["edge_glass"])
-    except Exception:  # a truncated or foreign file is simply not a finished shard
-        return None
 
 
 def read_offsets(path: Path) -> torch.Tensor:
@@ -77,7 +68,7 @@ class Shard:
 
 
 def read_shard(path: Path) -> Shard:
-    meta = read_shard_metadata(path)
+    meta = read_metadata(path)  # None: a truncated or foreign file is not a finished shard
     if meta is None:
         raise FileNotFoundError(f"feature shard missing or corrupt: {path}")
     t = load_file(str(path))

@@ -44,6 +44,18 @@ def atomic_path(path: str | Path):
         raise
 
 
+def read_metadata(path: str | Path) -> dict | None:
+    """Our JSON metadata (key ``edge_glass``) of a safetensors file: shard ids and fingerprints, checkpoint
+    step and history. None if the file is missing, truncated, foreign or has none."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["edge_glass"])
+    except Exception:
+        return None
+
+
 def write_json(obj, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

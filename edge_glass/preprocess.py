@@ -19,9 +19,9 @@ from tqdm import tqdm
 from edge_glass.config import Params
 from edge_glass.encoders.base import FrozenEncoder
 from edge_glass.features import (
-    plan_shards, read_offsets, read_shard_metadata, remove_stale, shard_fingerprint, shard_name, write_index, write_shard,
+    plan_shards, read_offsets, remove_stale, shard_fingerprint, shard_name, write_index, write_shard,
 )
-from edge_glass.io import atomic_path, files_fingerprint, sha256_file, write_json
+from edge_glass.io import atomic_path, files_fingerprint, read_metadata, sha256_file, write_json
 from edge_glass.manifest import read_manifest
 from edge_glass.media import MediaError
 
@@ -150,45 +150,42 @@ def preprocess_modality(
     finished = {}  # shard -> metadata, for shards an earlier run already wrote with this fingerprint
     todo = {}  # shard -> its batches, for the others
     for k, shard_ids in enumerate(plan):
-        meta = read_shard_metadata(mod_dir / shard_name(k))
+        meta = read_metadata(mod_dir / shard_name(k))
         if meta is not None and meta.get("fingerprint") == fingerprints[k]:
             finished[k] = meta
         elif k % world == rank:
             todo[k] = make_batches([by_id[i] for i in shard_ids], batch_size(modality, params))
-    index_rows, rejects, resumed = [], [], 0
-    encode_seconds, encoded_now = 0.0, 0
+    def encode_and_write(k: int, loaded_batches: Iterator, on_batch: Callable[[int], None]) -> dict:
+        """Encode shard k from the prefetched batches, write it; returns its metadata (with ids)."""
+        ids, tokens, pooled, shard_rejects = encode_shard(encoder, [by_id[i] for i in plan[k]], loaded_batches,
+                                                          len(todo[k]), on_batch)
+        metadata = {"fingerprint": fingerprints[k], "modality": modality, "encoder": encoder.info.name,
+                    "rejects": shard_rejects}
+        write_shard(mod_dir / shard_name(k), ids, tokens, pooled, DTYPES[dtype_name], metadata)
+        return {**metadata, "ids": ids}
+
+    jobs = [batch for batches in todo.values() for batch in batches]
     if world > 1:
         mine = sum(len(plan[k]) for k in todo)
         bar = tqdm(total=mine, desc=f"preprocess {modality} [rank {rank}/{world}]", unit="item", position=rank)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            loaded = prefetched(partial(_load_all, encoder), [b for batches in todo.values() for b in batches], pool)
+            loaded_batches = prefetched(partial(_load_all, encoder), jobs, pool)
             for k in todo:
-                ids, tokens, pooled, shard_rejects = encode_shard(encoder, [by_id[i] for i in plan[k]], loaded,
-                                                                  len(todo[k]), bar.update)
-                write_shard(mod_dir / shard_name(k), ids, tokens, pooled, DTYPES[dtype_name],
-                            {"fingerprint": fingerprints[k], "modality": modality, "encoder": encoder.info.name,
-                             "rejects": shard_rejects})
+                encode_and_write(k, loaded_batches, bar.update)
         bar.close()
         return None
+    index_rows, rejects, resumed = [], [], 0
+    encode_seconds, encoded_now = 0.0, 0
     bar = tqdm(total=len(items), desc=f"preprocess {modality}", unit="item")
     with ThreadPoolExecutor(max_workers=1) as pool:
-        jobs = [batch for batches in todo.values() for batch in batches]
         loaded_batches = prefetched(partial(_load_all, encoder), jobs, pool)
         for k, shard_ids in enumerate(plan):
             path = mod_dir / shard_name(k)
             if k in todo:
                 t0 = time.perf_counter()
-                ids, tokens, pooled, shard_rejects = encode_shard(
-                    encoder, [by_id[i] for i in shard_ids], loaded_batches, len(todo[k]), bar.update
-                )
-                metadata = {
-                    "fingerprint": fingerprints[k], "modality": modality, "encoder": encoder.info.name,
-                    "rejects": shard_rejects,
-                }
-                write_shard(path, ids, tokens, pooled, DTYPES[dtype_name], metadata)
+                meta = encode_and_write(k, loaded_batches, bar.update)
                 encode_seconds += time.perf_counter() - t0
                 encoded_now += len(shard_ids)
-                meta = {**metadata, "ids": ids}
             else:
                 meta = finished[k]
                 resumed += 1

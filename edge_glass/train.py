@@ -17,7 +17,7 @@ from edge_glass.config import AlignParams, Params
 from edge_glass.data import AlignData, drop_tokens, global_batch
 from edge_glass.distributed import DistInfo, barrier, gather_with_local_grad, sync_gradients
 from edge_glass.linear_probe import fit_standardised_ridge
-from edge_glass.io import atomic_path, files_fingerprint, sha256_file, sha256_text, write_json
+from edge_glass.io import atomic_path, files_fingerprint, read_metadata, sha256_file, sha256_text, write_json
 from edge_glass.models.align import AlignModel
 from edge_glass.models.mrl import init_head_with_pca, mrl_info_nce
 
@@ -141,12 +141,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     """Restore a checkpoint written for the same run; returns (next step, history) or (0, []) if none fits."""
     if not path.exists():
         return 0, []
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["edge_glass"])
-    except Exception:
+    meta = read_metadata(path)
+    if meta is None:
         log.warning("ignoring unreadable checkpoint %s", path)
         return 0, []
     if meta["fingerprint"] != fingerprint:
@@ -290,28 +286,22 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
     return summary
 
 
-def save_weights(path: Path, model: AlignModel, meta: dict) -> None:
+def save_weights(path: Path, model: AlignModel, meta: dict | None = None) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"edge_glass": json.dumps(meta)})
+        save_file(state, str(tmp), metadata={"edge_glass": json.dumps(meta)} if meta is not None else None)
 
 
 def best_score(path: Path, fingerprint: str) -> dict | None:
     """Step and val R@1 of the best model saved by this run so far (None if absent or from another run)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["edge_glass"])
-    except Exception:
+    meta = read_metadata(path)
+    if meta is None or meta.get("fingerprint") != fingerprint:
         return None
-    return {"step": meta["step"], "val_r1": meta["val_r1"]} if meta.get("fingerprint") == fingerprint else None
+    return {"step": meta["step"], "val_r1": meta["val_r1"]}
 
 
 def save_model(out_dir: Path, model: AlignModel, params: Params, data: AlignData) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out_dir / "model.safetensors") as tmp:
-        save_file(state, str(tmp))
+    save_weights(out_dir / "model.safetensors", model)
     write_json({"align": params.align.model_dump(), "seed": params.seed, "token_dims": data.token_dims,
                 "text_dim": data.text_dim}, out_dir / "model.json")
 

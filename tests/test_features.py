@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import edge_glass.features as features
-from edge_glass.features import FeatureStore, plan_shards, read_shard, read_shard_metadata, write_index, write_shard
-from edge_glass.io import OutputError, atomic_path
+from edge_glass.features import FeatureStore, plan_shards, read_shard, write_index, write_shard
+from edge_glass.io import OutputError, atomic_path, read_metadata
 
 
 def _tokens(lengths, dim=6):
@@ -23,7 +23,7 @@ def test_shard_roundtrip_keeps_variable_lengths(tmp_path):
     assert shard.ids == ids and shard.offsets.tolist() == [0, 3, 4, 9]
     for row, t in enumerate(toks):
         assert torch.equal(shard.item_tokens(row), t)
-    assert read_shard_metadata(path)["fingerprint"] == "f"
+    assert read_metadata(path)["fingerprint"] == "f"
     write_index(tmp_path, [{"id": i, "item_id": i, "shard": 0, "row": r, "n_tokens": len(t)} for r, (i, t) in enumerate(zip(ids, toks))])
     assert torch.equal(FeatureStore(tmp_path).tokens("c"), toks[2])
 
@@ -56,7 +56,7 @@ def test_truncated_shard_is_not_taken_as_finished(tmp_path):
     path = tmp_path / "shard-00000.safetensors"
     write_shard(path, ["a"], _tokens([2]), torch.zeros(1, 6), torch.float16, {"fingerprint": "f"})
     path.write_bytes(path.read_bytes()[:40])
-    assert read_shard_metadata(path) is None
+    assert read_metadata(path) is None
 
 
 def test_output_under_a_file_gives_clear_error(tmp_path):
