@@ -9,7 +9,9 @@ import sys
 from typing import Callable
 
 from edge_glass.config import Params, ParamsError, load_params
+from edge_glass.hub import configure_hub
 from edge_glass.io import OutputError
+from edge_glass.sources.base import DataError
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -22,14 +24,14 @@ def run_stage(name: str, parser: argparse.ArgumentParser, body: Callable[[Params
     """Parse args, validate params, run ``body``; known failures exit non-zero with one clear line."""
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         params = load_params(args.params)
+        configure_hub(params, name)  # offline unless this stage's params name a hub data set or model
         body(params, args)
     except ParamsError as exc:
         print(f"[{name}] invalid params:\n{exc}", file=sys.stderr)
         sys.exit(2)
-    except (OutputError, FileNotFoundError, ImportError) as exc:
+    except (OutputError, FileNotFoundError, ImportError, DataError) as exc:
         print(f"[{name}] error: {exc}", file=sys.stderr)
         sys.exit(3)

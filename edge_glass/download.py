@@ -1,104 +1,298 @@
-"""The download stage: build the manifest of image/audio/text samples from named sources."""
+"""The download stage: every configured source into a manifest plus media in a few tar shards.
+
+Per source, candidates are cut into chunks of ``download.shard_size``; each chunk becomes one media
+shard ``media/<source>/NNNNN.tar`` and a record file ``NNNNN.parquet`` (img2dataset's layout: the
+items and rejects of that shard, with each member's byte offset). A chunk's record file carries a
+fingerprint of the source settings, the code and the chunk's candidates (with their files' size and
+mtime), so a killed download resumes: finished chunks are read back, not recomputed
+(``data/download`` is ``persist`` in dvc.yaml). Then, over all sources at once, captions are cleaned,
+duplicates rejected, split groups formed and splits drawn, and the manifest is written.
+"""
 
 from __future__ import annotations
 
-import shutil
+import itertools
+import json
+import logging
+import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from edge_glass.config import Params
-from edge_glass.manifest import Ledger, Reject, Sample, assign_split, dedupe_captions, write_manifest, write_rejects
-from edge_glass.media import MediaError, check_image, load_image
+from edge_glass.config import DownloadParams, Params
+from edge_glass.io import atomic_path, files_fingerprint, sha256_text
+from edge_glass.manifest import (
+    Ledger, Reject, Sample, assign_split, caption_key, dedupe_captions, split_groups, write_manifest, write_rejects,
+)
+from edge_glass.mediashards import MemberRef, ShardWriter, safe_member_name
+from edge_glass.prefetch import prefetched
+from edge_glass.sources.base import Source
+
+log = logging.getLogger(__name__)
+
+RECORD_SCHEMA = pa.schema([
+    ("item_id", pa.string()), ("reject", pa.string()), ("captions", pa.list_(pa.string())),
+    ("split", pa.string()), ("group", pa.string()),
+    ("image_member", pa.string()), ("image_offset", pa.int64()), ("image_size", pa.int64()),
+    ("audio_member", pa.string()), ("audio_offset", pa.int64()), ("audio_size", pa.int64()),
+    ("audio_duration_s", pa.float32()), ("license", pa.string()), ("attribution", pa.string()),
+])
 
 
-def _records(name: str, params: Params, media_dir: Path, base_dir: Path):
-    d = params.download
-    if name == "openmoji":
-        from edge_glass.sources.openmoji import iter_openmoji
-
-        return iter_openmoji(d.openmoji, media_dir, base_dir, d.limit_per_source)
-    if name == "asterisk":
-        from edge_glass.sources.asterisk import iter_asterisk
-
-        return iter_asterisk(d.asterisk, d.audio, media_dir, base_dir, d.limit_per_source)
-    from edge_glass.sources.online import iter_hub_rows, load_hub_rows
-
-    return iter_hub_rows(name, load_hub_rows(name, d.online), d.audio, media_dir, base_dir, d.limit_per_source)
+def code_fingerprint() -> str:
+    """Hash of the code that turns inputs into media shards: changed code redoes finished chunks."""
+    pkg = Path(__file__).parent
+    return files_fingerprint([*pkg.glob("sources/*.py"), pkg / "download.py", pkg / "media.py",
+                              pkg / "mediashards.py", pkg / "manifest.py"])
 
 
-def _finalise(ledger: Ledger, params: Params, base_dir: Path) -> None:
-    """Clean captions, check images, drop cross-item duplicate captions, assign splits."""
+def safe_process(source: Source, cand) -> Sample | Reject:
+    """``source.process`` that turns an unexpected error on one item into that item's reject."""
+    try:
+        return source.process(cand)
+    except Exception as exc:  # one item's fault must not kill the stage; systemic faults show in the chunk check
+        log.warning("%s: unexpected %s on %s: %s", source.name, type(exc).__name__, cand.item_id, exc)
+        return Reject(cand.item_id, source.name, f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def _record_row(rec: Sample | Reject) -> dict:
+    if isinstance(rec, Reject):
+        return {"item_id": rec.item_id, "reject": rec.reason}
+    row = {"item_id": rec.item_id, "reject": None, "captions": rec.captions, "split": rec.split, "group": rec.group,
+           "audio_duration_s": rec.audio_duration_s, "license": rec.license, "attribution": rec.attribution}
+    for medium in ("image", "audio"):
+        ref = getattr(rec, f"{medium}_ref")
+        if ref is not None:
+            row.update({f"{medium}_member": ref.member, f"{medium}_offset": ref.offset, f"{medium}_size": ref.size})
+    return row
+
+
+def _from_row(row: dict, source: str, shard: str) -> Sample | Reject:
+    if row["reject"] is not None:
+        return Reject(row["item_id"], source, row["reject"])
+    s = Sample(row["item_id"], source, list(row["captions"]), audio_duration_s=row["audio_duration_s"],
+               license=row["license"], attribution=row["attribution"], split=row["split"], group=row["group"])
+    for medium in ("image", "audio"):
+        if row[f"{medium}_member"] is not None:
+            setattr(s, f"{medium}_ref", MemberRef(shard, row[f"{medium}_member"], int(row[f"{medium}_offset"]),
+                                                 int(row[f"{medium}_size"])))
+    return s
+
+
+class Chunk:
+    """One resumable unit: ``NNNNN.tar`` (media) + ``NNNNN.parquet`` (records, fingerprint)."""
+
+    def __init__(self, src_dir: Path, k: int, out_dir: Path, source: str):
+        self.tar, self.records = src_dir / f"{k:05d}.tar", src_dir / f"{k:05d}.parquet"
+        self.out_dir, self.source = out_dir, source
+
+    def load(self, fingerprint: str) -> list | None:
+        """Records of a finished chunk with this fingerprint; None if missing, stale or damaged."""
+        try:
+            table = pq.read_table(self.records)
+            meta = json.loads(table.schema.metadata[b"edge_glass"])
+            if meta["fingerprint"] != fingerprint or self.tar.stat().st_size != meta["tar_bytes"]:
+                return None
+        except FileNotFoundError:
+            return None
+        except (OSError, KeyError, ValueError, TypeError, pa.ArrowException) as exc:
+            log.warning("%s: unreadable, redone: %s", self.records, exc)
+            return None
+        shard = str(self.tar.relative_to(self.out_dir))
+        return [_from_row(row, self.source, shard) for row in table.to_pylist()]
+
+    def write(self, records: list, fingerprint: str, tar_bytes: int) -> None:
+        table = pa.Table.from_pylist([_record_row(r) for r in records], schema=RECORD_SCHEMA)
+        meta = {"fingerprint": fingerprint, "tar_bytes": tar_bytes, "n": len(records)}
+        table = table.replace_schema_metadata({"edge_glass": json.dumps(meta)})
+        with atomic_path(self.records) as tmp:
+            pq.write_table(table, tmp)
+
+
+def process_chunk(source: Source, cands: list, chunk: Chunk, fingerprint: str, pool: ThreadPoolExecutor,
+                  workers: int, bar: tqdm) -> list:
+    """Process a chunk's candidates in worker threads (in order) and write its shard and records."""
+    writer = ShardWriter(chunk.tar, chunk.out_dir)
+    records = []
+    try:
+        for rec in prefetched(lambda c: safe_process(source, c), cands, pool, depth=2 * workers):
+            if isinstance(rec, Sample):
+                for medium in ("image", "audio"):
+                    data = getattr(rec, medium)
+                    if data is not None:
+                        ref = writer.add(safe_member_name(rec.item_id, getattr(rec, f"{medium}_ext")), data)
+                        setattr(rec, f"{medium}_ref", ref)
+                        setattr(rec, medium, None)  # bytes live in the shard now
+            records.append(rec)
+            bar.update(1)
+        tar_bytes = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    unexpected = sum(isinstance(r, Reject) and r.reason.startswith("unexpected error") for r in records)
+    if unexpected >= 8 and unexpected > len(records) // 2:
+        first = next(r.reason for r in records if isinstance(r, Reject) and r.reason.startswith("unexpected error"))
+        raise RuntimeError(f"source {source.name!r}: {unexpected} of {len(records)} items of {chunk.tar.name} failed "
+                           f"with unexpected errors, a systemic fault (first: {first})")
+    chunk.write(records, fingerprint, tar_bytes)
+    return records
+
+
+def run_source(source: Source, d: DownloadParams, out_dir: Path, pool: ThreadPoolExecutor) -> tuple[list, dict]:
+    """Every record of one source (kept samples and rejects, in candidate order) and its chunk counts."""
+    limit = getattr(source, "limit", d.limit_per_source)
+    size = min(d.shard_size, limit) if limit else d.shard_size
+    src_dir = out_dir / "media" / source.name
+    src_dir.mkdir(parents=True, exist_ok=True)
+    base = sha256_text(json.dumps({"source": source.fingerprint(), "code": code_fingerprint(), "chunk": size}))
+    records, kept, chunks, resumed = [], 0, 0, 0
+    cands_iter = iter(source.candidates())
+    with tqdm(desc=f"download {source.name}", unit="item") as bar:
+        for k in itertools.count():
+            cands = list(itertools.islice(cands_iter, size))
+            if not cands:
+                break
+            chunks += 1
+            fingerprint = sha256_text(base + f"\n{k}\n" + "\n".join(f"{c.item_id}\t{c.stamp}" for c in cands))
+            chunk = Chunk(src_dir, k, out_dir, source.name)
+            recs = chunk.load(fingerprint)
+            if recs is None:
+                recs = process_chunk(source, cands, chunk, fingerprint, pool, d.num_workers, bar)
+            else:
+                resumed += 1
+                bar.update(len(recs))
+            for rec in recs:
+                if limit and kept >= limit:
+                    break
+                records.append(rec)
+                kept += isinstance(rec, Sample)
+            if limit and kept >= limit:
+                break
+    return records, {"chunks": chunks, "resumed_chunks": resumed}
+
+
+def remove_stale_media(media_dir: Path, keep: set[Path]) -> int:
+    """Delete every file under media/ that is not a current chunk (old layouts, dropped sources, temp files)."""
+    removed = 0
+    for p in sorted(media_dir.rglob("*"), reverse=True):
+        if p.is_file() and p not in keep:
+            p.unlink()
+            removed += 1
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+    return removed
+
+
+def finalise(ledger: Ledger, params: Params) -> None:
+    """Clean captions, reject repeated ids and (optionally) repeated first captions, draw group splits."""
     d = params.download
     first_owner: dict[str, str] = {}
+    ids: set[str] = set()
     kept: list[Sample] = []
     for s in ledger.samples:
+        if s.item_id in ids:
+            ledger.reject(s.item_id, s.source, "duplicate item id (an earlier item has the same id)")
+            continue
+        ids.add(s.item_id)
         s.captions = dedupe_captions(s.captions, d.max_captions_per_item)
         if not s.captions:
             ledger.reject(s.item_id, s.source, "empty caption")
             continue
-        if s.image_path is not None:
-            try:
-                check_image(load_image(base_dir / s.image_path))
-            except MediaError as exc:
-                ledger.reject(s.item_id, s.source, str(exc))
-                continue
-        key = s.captions[0].casefold().rstrip(".!?")
-        if key in first_owner:
-            ledger.reject(s.item_id, s.source, f"duplicate caption of {first_owner[key]}: {s.captions[0]!r}")
+        key = caption_key(s.captions[0])
+        if d.reject_duplicate_captions and key in first_owner:
+            ledger.reject(s.item_id, s.source, f"duplicate caption: {s.captions[0]!r} is the first caption of "
+                                               f"{first_owner[key]}")
             continue
-        first_owner[key] = s.item_id
-        s.split = assign_split(s.item_id, params.seed, d.split.train, d.split.val)
+        first_owner.setdefault(key, s.item_id)
         kept.append(s)
+    groups = split_groups(kept, d.group_shared_captions)
+    for s in kept:
+        s.group = groups[s.item_id].removeprefix("group:")
+        if not s.split:  # hash split, drawn per group
+            s.split = assign_split(s.group, params.seed, d.split.train, d.split.val)
     ledger.samples = kept
 
 
 def build_manifest(params: Params, out_dir: str | Path) -> dict:
-    """Run every source in ``params.download.sources``; write manifest, rejects and media.
+    """Run every source in ``download.sources`` and ``download.local``; write manifest, rejects, media shards.
 
-    Returns counts per source; every candidate is either kept or rejected with a reason.
+    Returns the stats written to metrics/download.json; every candidate is kept or rejected with a reason.
     """
-    out_dir = Path(out_dir)
-    media_dir = out_dir / "media"
-    if media_dir.exists():
-        shutil.rmtree(media_dir)
-    media_dir.mkdir(parents=True)
-    ledger = Ledger()
-    for name in params.download.sources:
-        for rec in tqdm(_records(name, params, media_dir, out_dir), desc=f"download {name}", unit="item"):
-            (ledger.rejects if isinstance(rec, Reject) else ledger.samples).append(rec)
-        if name == "openmoji" and params.download.openmoji.speak_captions:
-            from edge_glass.sources.espeak import add_spoken_captions
+    from edge_glass.sources import build_sources
 
-            add_spoken_captions(ledger, name, params.download.espeak, params.download.audio, media_dir, out_dir)
+    out_dir = Path(out_dir)
+    d = params.download
+    ledger = Ledger()
+    chunk_stats, keep = {}, set()
+    sources = build_sources(params)
+    with ThreadPoolExecutor(max_workers=d.num_workers) as pool:
+        for source in sources:
+            records, chunk_stats[source.name] = run_source(source, d, out_dir, pool)
+            for rec in records:
+                (ledger.rejects if isinstance(rec, Reject) else ledger.samples).append(rec)
+            for k in range(chunk_stats[source.name]["chunks"]):
+                keep |= {out_dir / "media" / source.name / f"{k:05d}.{ext}" for ext in ("tar", "parquet")}
+    remove_stale_media(out_dir / "media", keep)
     seen = ledger.seen
-    _finalise(ledger, params, out_dir)
+    finalise(ledger, params)
     if ledger.seen != seen:
         raise AssertionError(f"download counts do not reconcile: {seen} in, {ledger.seen} kept + rejected")
     if not ledger.samples:
-        raise RuntimeError(f"download kept no samples from {params.download.sources}; see rejects for reasons")
+        names = [s.name for s in sources]
+        raise RuntimeError(f"download kept no samples from {names}; see {out_dir / 'rejects.csv'} for reasons")
     write_manifest(ledger.samples, out_dir / "manifest.parquet")
     write_rejects(ledger.rejects, out_dir / "rejects.csv")
-    return download_stats(ledger)
+    stats = download_stats(ledger)
+    for name, c in chunk_stats.items():
+        stats["sources"].setdefault(name, {"in": 0, "kept": 0, "rejected": 0}).update(c)
+    stats["media_bytes"] = sum(p.stat().st_size for p in keep if p.suffix == ".tar")
+    stats["files"] = len(keep) + 2
+    return stats
+
+
+def reason_kind(reason: str) -> str:
+    """The reason without its particulars ("audio too short (0.1s < 0.3s)" -> "audio too short")."""
+    return re.split(r"[:(]", reason, maxsplit=1)[0].strip()
+
+
+def split_hygiene(samples: list[Sample]) -> dict:
+    """How many val/test captions occur verbatim in train (the goal for hash splits is 0), and group sizes."""
+    train = {caption_key(c) for s in samples if s.split == "train" for c in s.captions}
+    out = {}
+    for split in ("val", "test"):
+        caps = [caption_key(c) for s in samples if s.split == split for c in s.captions]
+        out[f"{split}_captions"] = len(caps)
+        out[f"{split}_captions_in_train"] = sum(c in train for c in caps)
+    sizes = Counter(s.group for s in samples)
+    out["groups"] = len(sizes)
+    out["largest_group"] = max(sizes.values(), default=0)
+    return out
 
 
 def download_stats(ledger: Ledger) -> dict:
     kept = Counter(s.source for s in ledger.samples)
     rejected = Counter(r.source for r in ledger.rejects)
     splits = Counter(s.split for s in ledger.samples)
-    stats = {
+    reasons: dict[str, Counter] = {}
+    for r in ledger.rejects:
+        reasons.setdefault(r.source, Counter())[reason_kind(r.reason)] += 1
+    return {
         "in": ledger.seen,
         "kept": len(ledger.samples),
         "rejected": len(ledger.rejects),
         "splits": dict(sorted(splits.items())),
-        "with_image": sum(s.image_path is not None for s in ledger.samples),
-        "with_audio": sum(s.audio_path is not None for s in ledger.samples),
-        "triples": sum(s.image_path is not None and s.audio_path is not None for s in ledger.samples),
+        "with_image": sum(s.image_ref is not None for s in ledger.samples),
+        "with_audio": sum(s.audio_ref is not None for s in ledger.samples),
+        "triples": sum(s.image_ref is not None and s.audio_ref is not None for s in ledger.samples),
         "captions": sum(len(s.captions) for s in ledger.samples),
+        "split_hygiene": split_hygiene(ledger.samples),
         "sources": {
-            src: {"in": kept[src] + rejected[src], "kept": kept[src], "rejected": rejected[src]}
+            src: {"in": kept[src] + rejected[src], "kept": kept[src], "rejected": rejected[src],
+                  "rejected_by_reason": dict(sorted(reasons.get(src, Counter()).items()))}
             for src in sorted(set(kept) | set(rejected))
         },
     }
-    return stats

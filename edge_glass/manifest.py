@@ -14,14 +14,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from edge_glass.io import atomic_path
+from edge_glass.mediashards import MemberRef
 
+MEDIA_FIELDS = [(f"{m}_{k}", t) for m in ("image", "audio")
+                for k, t in (("shard", pa.string()), ("member", pa.string()), ("offset", pa.int64()), ("size", pa.int64()))]
 MANIFEST_SCHEMA = pa.schema(
     [
         ("item_id", pa.string()),
         ("source", pa.string()),
         ("split", pa.string()),
-        ("image_path", pa.string()),
-        ("audio_path", pa.string()),
+        ("group", pa.string()),  # hash splits are drawn per group: one group never straddles two splits
+        *MEDIA_FIELDS,  # {image,audio}_{shard,member,offset,size}: the media's bytes inside a tar shard
         ("audio_duration_s", pa.float32()),
         ("captions", pa.list_(pa.string())),
         ("license", pa.string()),
@@ -32,17 +35,28 @@ MANIFEST_SCHEMA = pa.schema(
 
 @dataclass
 class Sample:
-    """One item: any of image and audio, with one or more captions; paths relative to the repo."""
+    """One item: any of image and audio, with one or more captions.
+
+    A source fills ``image``/``audio`` with normalised bytes (and their extension); the download stage
+    writes them into a media shard and keeps only the :class:`MemberRef`. ``split`` is set by a source
+    only when the item's split is given (by the file or the entry); ``group`` names the items that
+    must share a split (default: the item alone).
+    """
 
     item_id: str
     source: str
     captions: list[str]
-    image_path: Optional[str] = None
-    audio_path: Optional[str] = None
+    image: Optional[bytes] = None
+    image_ext: str = ""
+    audio: Optional[bytes] = None
+    audio_ext: str = ""
     audio_duration_s: Optional[float] = None
     license: str = ""
     attribution: str = ""
     split: str = ""
+    group: str = ""
+    image_ref: Optional[MemberRef] = None
+    audio_ref: Optional[MemberRef] = None
 
 
 @dataclass
@@ -81,16 +95,18 @@ def dedupe_captions(captions: list[str], limit: int) -> list[str]:
     out, seen = [], set()
     for c in captions:
         c = clean_caption(c)
-        key = c.casefold().rstrip(".!?")
+        key = caption_key(c)
         if c and key not in seen:
             seen.add(key)
             out.append(c)
     return out[:limit]
 
 
-def assign_split(item_id: str, seed: int, train: float, val: float) -> str:
-    """Deterministic split from a hash of (seed, item_id): stable when other items change."""
-    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
+def assign_split(key: str, seed: int, train: float, val: float) -> str:
+    """Deterministic split from a hash of (seed, key): stable when other items change.
+
+    ``key`` is an item's group, so every item of a group gets the same split."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
     if u < train:
         return "train"
@@ -99,8 +115,73 @@ def assign_split(item_id: str, seed: int, train: float, val: float) -> str:
     return "test"
 
 
+def _manifest_value(s: Sample, name: str):
+    medium, _, key = name.partition("_")
+    if medium in ("image", "audio") and key in ("shard", "member", "offset", "size"):
+        ref = getattr(s, f"{medium}_ref")
+        return getattr(ref, key) if ref is not None else None
+    return getattr(s, name)
+
+
+def media_ref(row, medium: str) -> MemberRef | None:
+    """The MemberRef of a manifest row's image or audio (a pandas row or namedtuple), or None."""
+    shard = getattr(row, f"{medium}_shard")
+    if not isinstance(shard, str):
+        return None
+    return MemberRef(shard, getattr(row, f"{medium}_member"), int(getattr(row, f"{medium}_offset")),
+                     int(getattr(row, f"{medium}_size")))
+
+
+def caption_key(caption: str) -> str:
+    """What counts as "the same caption": case-insensitive, trailing ., ! and ? ignored."""
+    return caption.casefold().rstrip(".!?")
+
+
+class UnionFind:
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            # the root is a group node if the set has one, then the smallest name: independent of insertion
+            # order, and a lone group keeps its own name (so its split does not move when others change)
+            rank = lambda n: (not n.startswith("group:"), n)  # noqa: E731
+            lo, hi = sorted((ra, rb), key=rank)
+            self.parent[hi] = lo
+
+
+def split_groups(samples: list[Sample], link_shared_captions: bool) -> dict[str, str]:
+    """item_id -> split group: the source's group, joined with every group it shares a caption with.
+
+    Joining by caption keeps a caption that occurs verbatim on two items out of two splits.
+    """
+    uf = UnionFind()
+    owner: dict[str, str] = {}
+    for s in samples:
+        group = f"{s.source}/{s.group}" if s.group else s.item_id
+        uf.union(s.item_id, "group:" + group)
+        if link_shared_captions:
+            for c in s.captions:
+                key = caption_key(c)
+                if key in owner:
+                    uf.union(s.item_id, owner[key])
+                else:
+                    owner[key] = s.item_id
+    return {s.item_id: uf.find(s.item_id) for s in samples}
+
+
 def write_manifest(samples: list[Sample], path: str | Path) -> None:
-    rows = {name: [getattr(s, name) for s in samples] for name in MANIFEST_SCHEMA.names}
+    rows = {name: [_manifest_value(s, name) for s in samples] for name in MANIFEST_SCHEMA.names}
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -110,7 +191,11 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"manifest not found: {path} (run the download stage: dvc repro download)")
-    return pq.read_table(path).to_pandas()
+    table = pq.read_table(path)
+    if "image_shard" not in table.column_names:
+        raise FileNotFoundError(f"{path} is a manifest of an older layout (media as loose files); "
+                                "rerun the download stage: dvc repro -f download")
+    return table.to_pandas()
 
 
 def write_rejects(rejects: list[Reject], path: str | Path) -> None:

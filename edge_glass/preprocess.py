@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -22,7 +21,8 @@ from edge_glass.features import (
     plan_shards, read_offsets, remove_stale, shard_fingerprint, shard_name, write_index, write_shard,
 )
 from edge_glass.io import atomic_path, files_fingerprint, read_metadata, sha256_file, write_json
-from edge_glass.manifest import read_manifest
+from edge_glass.manifest import media_ref, read_manifest
+from edge_glass.prefetch import prefetched
 from edge_glass.media import MediaError
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,15 @@ def batch_size(modality: str, params: Params) -> int:
 
 
 def work_items(manifest: pd.DataFrame, modality: str, base_dir: Path) -> list[WorkItem]:
-    """Inputs of one modality in manifest order."""
+    """Inputs of one modality in manifest order; media are read from their shard by member offset."""
     items = []
     for row in manifest.itertuples(index=False):
-        if modality == "image" and isinstance(row.image_path, str):
-            items.append(WorkItem(row.item_id, row.item_id, base_dir / row.image_path))
-        elif modality == "audio" and isinstance(row.audio_path, str):
-            items.append(WorkItem(row.item_id, row.item_id, base_dir / row.audio_path, float(row.audio_duration_s)))
-        elif modality == "text":
+        if modality in ("image", "audio"):
+            ref = media_ref(row, modality)
+            if ref is not None:
+                sort_key = float(row.audio_duration_s) if modality == "audio" else 0.0
+                items.append(WorkItem(row.item_id, row.item_id, (base_dir, ref), sort_key))
+        else:
             items.extend(WorkItem(f"{row.item_id}#{k}", row.item_id, c) for k, c in enumerate(row.captions))
     return items
 
@@ -75,7 +76,14 @@ def _load_all(encoder: FrozenEncoder, items: list[WorkItem]) -> list[tuple[WorkI
     out = []
     for it in items:
         try:
-            out.append((it, encoder.load(it.source), ""))
+            source = it.source
+            if isinstance(source, tuple):  # (manifest folder, MemberRef): the media bytes inside a shard
+                base_dir, ref = source
+                try:
+                    source = ref.read(base_dir)
+                except OSError as exc:
+                    raise MediaError(f"media shard unreadable: {exc}") from None
+            out.append((it, encoder.load(source), ""))
         except MediaError as exc:
             out.append((it, None, str(exc)))
     return out
@@ -84,24 +92,14 @@ def _load_all(encoder: FrozenEncoder, items: list[WorkItem]) -> list[tuple[WorkI
 def code_fingerprint() -> str:
     """Hash of the code that computes features: a changed encoder or loader invalidates finished shards."""
     pkg = Path(__file__).parent
-    return files_fingerprint([*pkg.glob("encoders/*.py"), pkg / "preprocess.py", pkg / "features.py", pkg / "media.py"])
+    return files_fingerprint([*pkg.glob("encoders/*.py"), pkg / "preprocess.py", pkg / "features.py", pkg / "media.py",
+                              pkg / "mediashards.py"])
 
 
 def make_batches(items: list[WorkItem], bs: int) -> list[list[WorkItem]]:
     """Batches of a shard, sorted by length (audio duration) so that padding stays small."""
     order = sorted(range(len(items)), key=lambda i: (items[i].sort_key, i))
     return [[items[i] for i in order[j : j + bs]] for j in range(0, len(order), bs)]
-
-
-def prefetched(fn: Callable, jobs: list, pool: ThreadPoolExecutor, depth: int = 2) -> Iterator:
-    """``fn(job)`` for every job in order, keeping ``depth`` jobs loading ahead in ``pool``."""
-    queue: deque = deque()
-    for job in jobs:
-        queue.append(pool.submit(fn, job))
-        if len(queue) > depth:
-            yield queue.popleft().result()
-    while queue:
-        yield queue.popleft().result()
 
 
 def encode_shard(

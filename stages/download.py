@@ -1,4 +1,8 @@
-"""download stage: build data/download/manifest.parquet (+ rejects.csv, media/) from params.download."""
+"""download stage: build data/download/manifest.parquet (+ rejects.csv, media/<source>/NNNNN.tar shards) from
+params.download: the packaged demo sources (download.sources) and your own data on disk (download.local).
+
+A killed run resumes from its finished shards; see README "Your own data" for the formats.
+"""
 
 from pathlib import Path
 

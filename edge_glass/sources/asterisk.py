@@ -5,11 +5,10 @@ from __future__ import annotations
 import gzip
 import re
 from pathlib import Path
-from typing import Iterator
 
-from edge_glass.config import AsteriskParams, AudioCheckParams
-from edge_glass.manifest import Reject, Sample
-from edge_glass.media import MediaError, check_audio, load_audio, write_wav
+from edge_glass.media import MediaError
+from edge_glass.sources.base import Candidate, Source, file_stamp
+from edge_glass.sources.registry import register_source
 
 LICENSE = "CC-BY-SA-3.0"
 ATTRIBUTION = "Asterisk core sounds (English, voice of Allison Smith), Digium/Sangoma. License: CC BY-SA 3.0"
@@ -36,50 +35,39 @@ def read_transcripts(path: str | Path) -> dict[str, str]:
     return out
 
 
-def iter_asterisk(
-    params: AsteriskParams, audio: AudioCheckParams, media_dir: Path, base_dir: Path, limit: int | None
-) -> Iterator[Sample | Reject]:
-    """Yield one Sample (audio re-written as 16-bit mono WAV at the target rate) or Reject per prompt."""
-    sounds = Path(params.sounds_dir)
-    if not sounds.is_dir():
-        raise FileNotFoundError(
-            f"asterisk sounds not found: {sounds} (apt-get install asterisk-core-sounds-en-wav, "
-            "or set download.asterisk.sounds_dir)"
-        )
-    transcripts = read_transcripts(params.transcripts)
-    out_dir = media_dir / "asterisk"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    count = 0
-    for key in sorted(transcripts):
-        if limit is not None and count >= limit:
-            return
-        text = transcripts[key]
-        item_id = f"asterisk/{key}"
+@register_source("asterisk")
+class AsteriskSource(Source):
+    """The Asterisk core English prompts: real speech (8 kHz) with exact transcripts."""
+
+    license = LICENSE
+    attribution = ATTRIBUTION
+
+    def settings(self):
+        return self.params.asterisk.model_dump()
+
+    def candidates(self):
+        p = self.params.asterisk
+        sounds = Path(p.sounds_dir)
+        if not sounds.is_dir():
+            raise FileNotFoundError(
+                f"asterisk sounds not found: {sounds} (apt-get install asterisk-core-sounds-en-wav, "
+                "or set download.asterisk.sounds_dir)"
+            )
+        transcripts = read_transcripts(p.transcripts)
+        for key in sorted(transcripts):
+            wav = sounds / f"{key}.wav"
+            yield Candidate(f"asterisk/{key}", (key, transcripts[key], wav), file_stamp(wav))
+
+    def process(self, cand):
+        key, text, wav_path = cand.payload
         if key.startswith("silence/"):
-            yield Reject(item_id, "asterisk", "silence prompt (no speech)")
-            continue
+            return self.reject(cand, "silence prompt (no speech)")
         if _BRACKETED.match(text):
-            yield Reject(item_id, "asterisk", f"non-speech description, not a transcript: {text}")
-            continue
-        wav_path = sounds / f"{key}.wav"
+            return self.reject(cand, f"non-speech description, not a transcript: {text}")
         if not wav_path.exists():
-            yield Reject(item_id, "asterisk", f"audio file missing: {wav_path}")
-            continue
+            return self.reject(cand, f"audio file missing: {wav_path}")
         try:
-            wav = load_audio(wav_path, audio.sample_rate)
-            duration = check_audio(wav, audio.sample_rate, audio.min_duration_s, audio.max_duration_s, audio.silence_dbfs)
+            audio, ext, duration = self.audio_bytes(wav_path.read_bytes())
         except MediaError as exc:
-            yield Reject(item_id, "asterisk", str(exc))
-            continue
-        out = out_dir / f"{key.replace('/', '__')}.wav"
-        write_wav(out, wav, audio.sample_rate)
-        count += 1
-        yield Sample(
-            item_id=item_id,
-            source="asterisk",
-            captions=[text],
-            audio_path=str(out.relative_to(base_dir)),
-            audio_duration_s=duration,
-            license=LICENSE,
-            attribution=ATTRIBUTION,
-        )
+            return self.reject(cand, str(exc))
+        return self.sample(cand, [text], audio=audio, audio_ext=ext, audio_duration_s=duration)

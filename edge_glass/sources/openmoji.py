@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
-from typing import Iterator
+import threading
+import io
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
-from edge_glass.config import OpenMojiParams
-from edge_glass.manifest import Reject, Sample
+from edge_glass.media import MediaError
+from edge_glass.sources.base import Candidate, Source
+from edge_glass.sources.espeak import espeak_binary, pick_voice, speak
+from edge_glass.sources.registry import register_source
 
 LICENSE = "CC-BY-SA-4.0"
 ATTRIBUTION = "All emojis designed by OpenMoji - the open-source emoji and icon project. License: CC BY-SA 4.0"
@@ -71,40 +73,70 @@ class EmojiRenderer:
         return img
 
 
-def iter_openmoji(params: OpenMojiParams, media_dir: Path, base_dir: Path, limit: int | None) -> Iterator[Sample | Reject]:
-    """Yield one Sample (image written as PNG) or Reject per fully-qualified emoji."""
-    import emoji
+_PERSON_WORDS = {"man", "woman", "person", "men", "women", "people", "adult", "older", "old"}
 
-    out_dir = media_dir / "openmoji"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    renderer = EmojiRenderer(params.render_size, params.font_size)
-    excluded = set(params.exclude_groups)
-    fully_qualified = emoji.STATUS["fully_qualified"]
-    candidates = [(ch, d) for ch, d in emoji.EMOJI_DATA.items() if d["status"] == fully_qualified]
-    candidates.sort(key=lambda cd: cd[0])
-    count = 0
-    for ch, data in candidates:
-        if limit is not None and count >= limit:
-            return
-        code = "-".join(f"{ord(c):04X}" for c in ch if c != "\ufe0f")
-        item_id = f"openmoji/{code}"
+
+def emoji_group_key(name: str) -> str:
+    """Name shared by near-identical glyphs: man / woman / person variants ("man technologist",
+    "woman technologist", "technologist"), and sequences named "kiss: woman, man" by their base."""
+    base = name.strip(":").replace("_", " ").split(":")[0].casefold().replace("’", "'")
+    words = [w for w in re.split(r"[\s_]+", base) if w]
+    rest = [w for w in words if w not in _PERSON_WORDS]
+    return " ".join(rest or words)
+
+
+@register_source("openmoji")
+class OpenMojiSource(Source):
+    """Every fully-qualified emoji rendered with the OpenMoji font; captions are its CLDR name and
+    aliases; with ``speak_captions`` the first caption is also spoken (an image+audio+text triple)."""
+
+    license = LICENSE
+    attribution = ATTRIBUTION
+    group_doc = "the emoji name without man/woman/person words (near-identical glyphs share a split)"
+
+    def __init__(self, name, params):
+        super().__init__(name, params)
+        self.p = params.openmoji
+        self._local = threading.local()  # FreeType faces are not thread-safe: one renderer per worker thread
+        self._exe = espeak_binary() if self.p.speak_captions else None
+
+    def settings(self):
+        return {"openmoji": self.p.model_dump(), "espeak": self.params.espeak.model_dump() if self.p.speak_captions else None}
+
+    def candidates(self):
+        import emoji
+
+        fully_qualified = emoji.STATUS["fully_qualified"]
+        found = sorted((ch, d) for ch, d in emoji.EMOJI_DATA.items() if d["status"] == fully_qualified)
+        for ch, data in found:
+            code = "-".join(f"{ord(c):04X}" for c in ch if c != "\ufe0f")
+            yield Candidate(f"openmoji/{code}", (ch, data))
+
+    def renderer(self) -> EmojiRenderer:
+        if not hasattr(self._local, "renderer"):
+            self._local.renderer = EmojiRenderer(self.p.render_size, self.p.font_size)
+        return self._local.renderer
+
+    def process(self, cand):
+        ch, data = cand.payload
         group = emoji_group(ch, data["en"])
-        if group in excluded:
-            yield Reject(item_id, "openmoji", f"excluded group '{group}' (download.openmoji.exclude_groups)")
-            continue
+        if group in self.p.exclude_groups:
+            return self.reject(cand, f"excluded group '{group}' (download.openmoji.exclude_groups)")
         try:
-            img = renderer.render(ch)
+            img = self.renderer().render(ch)
         except ValueError as exc:
-            yield Reject(item_id, "openmoji", str(exc))
-            continue
-        path = out_dir / f"{code}.png"
-        img.save(path, optimize=False)
-        count += 1
-        yield Sample(
-            item_id=item_id,
-            source="openmoji",
-            captions=emoji_captions(data),
-            image_path=str(path.relative_to(base_dir)),
-            license=LICENSE,
-            attribution=ATTRIBUTION,
-        )
+            return self.reject(cand, str(exc))
+        buf = io.BytesIO()
+        img.save(buf, "PNG", optimize=False)
+        captions = emoji_captions(data)
+        sample = self.sample(cand, captions, image=buf.getvalue(), image_ext="png", group=emoji_group_key(data["en"]))
+        if self._exe is not None:
+            e = self.params.espeak
+            raw, err = speak(captions[0], pick_voice(cand.item_id, e.voices), e.words_per_minute, self._exe)
+            if err:
+                return self.reject(cand, err)
+            try:
+                sample.audio, sample.audio_ext, sample.audio_duration_s = self.audio_bytes(raw)
+            except MediaError as exc:
+                return self.reject(cand, f"spoken caption: {exc}")
+        return sample

@@ -1,0 +1,391 @@
+"""Datasets already on disk: COCO captions JSON, Karpathy splits JSON, tables (CSV/TSV/JSONL/Parquet),
+and WebDataset tar shards (img2dataset, LAION-CLAP). Each ``download.local`` entry is one source.
+
+Media paths come from the user's file, so every one is checked: it must resolve (symlinks followed)
+under ``media_root``, exist, be non-empty and below ``download.max_file_mb``; anything else is a
+reject with its reason. An annotation file that cannot be read at all is a systemic fault
+(:class:`DataError`, naming the file) and stops the stage.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import json
+import re
+import string
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from edge_glass.media import MediaError
+from edge_glass.mediashards import read_member
+from edge_glass.sources.base import (
+    Candidate, DataError, Source, caption_reject_reason, file_stamp, read_local_file, text_captions,
+)
+from edge_glass.sources.registry import register_format
+
+# what the split words of the common data sets mean (Karpathy's restval is train; Clotho's development
+# is its training set, validation its val, evaluation its test)
+SPLIT_WORDS = {
+    "train": "train", "training": "train", "restval": "train", "development": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test", "evaluation": "test", "eval": "test",
+}
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+AUDIO_EXTS = ("flac", "wav", "mp3", "ogg")
+
+
+def normalise_split(value: Any) -> str | None:
+    return SPLIT_WORDS.get(str(value).strip().casefold()) if value is not None else None
+
+
+def split_from_filename(path: Path) -> str:
+    """The split named in a file name (clotho_captions_evaluation.csv -> test), or DataError."""
+    found = {SPLIT_WORDS[w] for w in re.split(r"[^a-z]+", path.stem.casefold()) if w in SPLIT_WORDS}
+    if len(found) != 1:
+        raise DataError(f"{path}: split=from_file needs a split_key column or a file name naming one split "
+                        f"({', '.join(sorted(SPLIT_WORDS))}); found {sorted(found) or 'none'}")
+    return found.pop()
+
+
+def load_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"annotation file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"annotation file unreadable: {path}: {exc}") from None
+
+
+class LocalSource(Source):
+    """Shared by the local formats: entry settings, media_root, split rules, reading and checking media."""
+
+    group_doc = "the item (tables: group_key)"
+
+    def __init__(self, entry, params):
+        super().__init__(entry.name, params)
+        self.entry = entry
+        self.license, self.attribution = entry.license, entry.attribution
+        self.path = Path(entry.path)
+        default_root = self.path.parent if not glob.has_magic(entry.path) and "{" not in entry.path else Path(".")
+        self.root = Path(entry.media_root) if entry.media_root else default_root
+        self.max_bytes = params.max_file_mb * 2**20
+
+    def settings(self):
+        return {"entry": self.entry.model_dump(), "annotation": file_stamp(self.path)}
+
+    @property
+    def limit(self) -> int | None:
+        limits = [x for x in (self.entry.limit, self.params.limit_per_source) if x is not None]
+        return min(limits) if limits else None
+
+    def media_root(self) -> Path:
+        root = self.root.resolve()
+        if not root.is_dir():
+            raise DataError(f"download.local entry {self.name!r}: media_root {self.root} is not a folder")
+        return root
+
+    def split_for(self, value: Any = None) -> str | None:
+        """The item's given split ('' for hash splits), or None when the file's value is not a split."""
+        mode = self.entry.split_mode
+        if mode == "hash":
+            return ""
+        if mode != "from_file":
+            return mode
+        return normalise_split(value)
+
+    def read_media(self, rel: Any) -> bytes:
+        rel = str(rel).strip()
+        path = Path(rel)
+        return read_local_file(path if path.is_absolute() else self.root / path, self._root_real, self.max_bytes)
+
+    def make(self, cand: Candidate, captions: Any, *, image: Any = None, audio: Any = None, split_value: Any = None,
+             group: str = ""):
+        """Sample from one item's raw fields (captions, media paths, split value), or a Reject."""
+        good, bad = text_captions(captions)
+        if not good:
+            return self.reject(cand, caption_reject_reason(bad))
+        split = self.split_for(split_value)
+        if split is None:
+            return self.reject(cand, f"unknown split value {split_value!r} (known: {', '.join(sorted(SPLIT_WORDS))})")
+        sample = self.sample(cand, good, split=split, group=group)
+        try:
+            if _present(image):
+                sample.image, sample.image_ext = self.image_bytes(self.read_media(image))
+            if _present(audio):
+                sample.audio, sample.audio_ext, sample.audio_duration_s = self.audio_bytes(self.read_media(audio))
+        except MediaError as exc:
+            return self.reject(cand, str(exc))
+        if sample.image is None and sample.audio is None:
+            return self.reject(cand, "no media path (image and audio both empty)")
+        return sample
+
+    def candidates(self):
+        self._root_real = self.media_root()
+        yield from self.items()
+
+    def items(self):
+        raise NotImplementedError
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and value != value) and str(value).strip() != ""
+
+
+@register_format("coco")
+class CocoCaptions(LocalSource):
+    """COCO captions JSON: ``images[].id, file_name``; ``annotations[].image_id, caption`` (grouped per image)."""
+
+    def items(self):
+        data = load_json(self.path)
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+            raise DataError(f"{self.path}: not a COCO captions file (needs lists 'images' and 'annotations')")
+        captions = defaultdict(list)
+        for ann in data["annotations"]:
+            if isinstance(ann, dict):
+                captions[ann.get("image_id")].append(ann.get("caption"))
+        for img in data["images"]:
+            if not isinstance(img, dict):
+                continue
+            key = img.get("id", img.get("file_name"))
+            file_name = img.get("file_name")
+            yield Candidate(f"{self.name}/{key}", (file_name, captions.get(img.get("id"), [])),
+                            file_stamp(self.root / str(file_name)))
+
+    def process(self, cand):
+        file_name, captions = cand.payload
+        return self.make(cand, captions, image=file_name)
+
+
+@register_format("karpathy")
+class KarpathySplits(LocalSource):
+    """Karpathy's dataset_coco.json / dataset_flickr30k.json: ``images[].filepath?, filename, split,
+    sentences[].raw``; item id from ``cocoid`` or ``filename``; ``restval`` is train."""
+
+    def items(self):
+        data = load_json(self.path)
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+            raise DataError(f"{self.path}: not a Karpathy split file (needs a list 'images')")
+        for img in data["images"]:
+            if not isinstance(img, dict):
+                continue
+            rel = str(Path(img.get("filepath") or "") / str(img.get("filename", "")))
+            key = img.get("cocoid", img.get("filename"))
+            sentences = [s.get("raw") if isinstance(s, dict) else s for s in img.get("sentences") or []]
+            yield Candidate(f"{self.name}/{key}", (rel, sentences, img.get("split")), file_stamp(self.root / rel))
+
+    def process(self, cand):
+        rel, sentences, split = cand.payload
+        return self.make(cand, sentences, image=rel, split_value=split)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """CSV (strings as written), TSV, JSONL or Parquet by extension; DataError naming the file."""
+    suffix = path.suffix.casefold()
+    try:
+        if suffix in (".csv", ".tsv", ".tab"):
+            return pd.read_csv(path, sep="\t" if suffix != ".csv" else ",", dtype=str, keep_default_na=False)
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            return pd.read_json(path, lines=suffix != ".json", dtype=False)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise DataError(f"table not found: {path}") from None
+    except Exception as exc:  # parser errors of every kind: the whole file is unusable
+        raise DataError(f"table unreadable: {path}: {type(exc).__name__}: {exc}") from None
+    raise DataError(f"{path}: unknown table extension {suffix!r} (csv, tsv, jsonl, json, parquet)")
+
+
+def _caption_cell(value: Any) -> Any:
+    """A CSV cell that holds a list ("['a', 'b']" or '["a", "b"]') becomes that list; others stay."""
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        for parse in (json.loads, ast.literal_eval):
+            try:
+                parsed = parse(value)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                continue
+            if isinstance(parsed, list):
+                return parsed
+    if hasattr(value, "tolist") and not isinstance(value, str):  # numpy arrays from Parquet list columns
+        return value.tolist()
+    return value
+
+
+@register_format("table")
+class Table(LocalSource):
+    """A table with one row per caption (open_clip CSV) or per item (Clotho's caption_1..5): rows with
+    the same item id (``id_key``, else the media path) are one item with all their captions."""
+
+    def _columns(self, df: pd.DataFrame) -> None:
+        e = self.entry
+        needed = [c for c in (e.image_key, e.audio_key, e.id_key, e.split_key, e.group_key) if c] + list(e.caption_keys)
+        for template in (e.image_template, e.audio_template):
+            if template:
+                needed += [f for _, f, _, _ in string.Formatter().parse(template) if f]
+        missing = [c for c in dict.fromkeys(needed) if c not in df.columns]
+        if missing:
+            raise DataError(f"{self.path}: column(s) {missing} not found (columns: {list(df.columns)})")
+
+    def _media(self, row: dict, medium: str) -> Any:
+        key, template = getattr(self.entry, f"{medium}_key"), getattr(self.entry, f"{medium}_template")
+        if key:
+            return row[key]
+        if template:
+            return template.format(**{k: v for k, v in row.items() if isinstance(k, str)})
+        return None
+
+    def items(self):
+        e = self.entry
+        df = read_table(self.path)
+        self._columns(df)
+        if e.split_mode == "from_file" and not e.split_key:
+            self._file_split = split_from_filename(self.path)
+        rows = df.to_dict("records")
+        order: dict[str, dict] = {}
+        for row in rows:
+            image, audio = self._media(row, "image"), self._media(row, "audio")
+            key = row[e.id_key] if e.id_key else (image if _present(image) else audio)
+            key = str(key).strip() if _present(key) else f"row-{len(order)}"
+            item = order.setdefault(key, {"image": image, "audio": audio, "captions": [],
+                                          "split": row[e.split_key] if e.split_key else None,
+                                          "group": str(row[e.group_key]) if e.group_key else ""})
+            for c in e.caption_keys:
+                value = _caption_cell(row[c])
+                item["captions"].extend(value if isinstance(value, list) else [value])
+        for key, item in order.items():
+            stamps = [file_stamp(self.root / str(item[m])) for m in ("image", "audio") if _present(item[m])]
+            yield Candidate(f"{self.name}/{key}", item, ";".join(stamps))
+
+    def process(self, cand):
+        item = cand.payload
+        split_value = item["split"] if self.entry.split_key else getattr(self, "_file_split", None)
+        return self.make(cand, item["captions"], image=item["image"], audio=item["audio"], split_value=split_value,
+                         group=item["group"])
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """WebDataset-style ``{000..123}`` ranges (zero padding kept) and ``{a,b}`` alternatives."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    body, head, tail = m.group(1), pattern[: m.start()], pattern[m.end():]
+    r = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if r:
+        width = len(r.group(1))
+        options = [str(i).zfill(width) for i in range(int(r.group(1)), int(r.group(2)) + 1)]
+    else:
+        options = body.split(",")
+    return [p for o in options for p in expand_braces(head + o + tail)]
+
+
+@register_format("webdataset")
+class WebDataset(LocalSource):
+    """Tar shards of ``KEY.ext`` members (img2dataset, LAION-CLAP): ``KEY.jpg|jpeg|png|webp`` and/or
+    ``KEY.flac|wav|mp3|ogg``, the caption in ``KEY.txt`` or ``KEY.json`` (``caption`` or ``text``, a
+    string or a list). Members of one key are adjacent. Plain tars are read by member offsets (headers
+    only while listing); compressed tars (.tar.gz) are streamed, their members held one chunk at a time.
+    img2dataset rows whose json ``status`` is not ``success`` are rejects."""
+
+    def shard_paths(self) -> list[Path]:
+        paths = sorted({p for pat in expand_braces(self.entry.path) for p in glob.glob(pat)})
+        if not paths:
+            raise DataError(f"download.local entry {self.name!r}: no tar shards match {self.entry.path}")
+        return [Path(p) for p in paths]
+
+    def settings(self):
+        return {"entry": self.entry.model_dump()}
+
+    def items(self):
+        for tar in self.shard_paths():
+            yield from self._shard_items(tar)
+
+    def _shard_items(self, tar: Path):
+        stamp = file_stamp(tar)
+        plain = tar.suffix.casefold() == ".tar"
+        current, members = None, {}
+        try:
+            with tarfile.open(tar, "r:" if plain else "r|*") as tf:
+                for m in tf:
+                    if not m.isfile():
+                        continue
+                    folder, _, base = m.name.rpartition("/")
+                    stem, dot, ext = base.partition(".")
+                    if not dot:
+                        continue
+                    key = f"{folder}/{stem}" if folder else stem
+                    if key != current:
+                        if current is not None:
+                            yield Candidate(f"{self.name}/{current}", members, stamp)
+                        current, members = key, {}
+                    ext = ext.casefold()
+                    if m.size > self.max_bytes:
+                        members[ext] = MediaError(f"member too large: {m.name} is {m.size / 2**20:.0f} MiB > "
+                                                  f"download.max_file_mb={self.max_bytes // 2**20}")
+                    elif plain:
+                        members[ext] = (str(tar), m.offset_data, m.size)
+                    else:
+                        members[ext] = tf.extractfile(m).read()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            # a truncated or corrupt shard: what was listed stays; the fault is one reject, not a dead stage
+            yield Candidate(f"{self.name}/{tar.name}#unreadable", MediaError(f"tar shard unreadable after "
+                                                                          f"{current or 'its start'}: {exc}"), stamp)
+            return
+        if current is not None:
+            yield Candidate(f"{self.name}/{current}", members, stamp)
+
+    @staticmethod
+    def _bytes(value) -> bytes:
+        if isinstance(value, MediaError):
+            raise value
+        if isinstance(value, tuple):
+            return read_member(*value)
+        return value
+
+    def process(self, cand):
+        if isinstance(cand.payload, MediaError):
+            return self.reject(cand, str(cand.payload))
+        members = cand.payload
+        try:
+            meta = {}
+            if "json" in members:
+                try:
+                    meta = json.loads(self._bytes(members["json"]).decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    return self.reject(cand, f"json member unreadable: {exc}")
+                meta = meta if isinstance(meta, dict) else {}
+            status = meta.get("status")
+            if status is not None and status != "success":
+                detail = f": {meta['error_message']}" if meta.get("error_message") else ""
+                return self.reject(cand, f"img2dataset status {status!r}{detail}")
+            if "txt" in members:
+                try:
+                    captions: Any = self._bytes(members["txt"]).decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    return self.reject(cand, "caption is not text (txt member is not UTF-8)")
+            else:
+                captions = meta.get("caption", meta.get("text"))
+            image = next((e for e in IMAGE_EXTS if e in members), None)
+            audio = next((e for e in AUDIO_EXTS if e in members), None)
+            if image is None and audio is None:
+                return self.reject(cand, f"no image or audio member (found: {', '.join(sorted(members))})")
+            good, bad = text_captions(captions)
+            if not good:
+                return self.reject(cand, caption_reject_reason(bad))
+            sample = self.sample(cand, good, split=self.split_for())
+            if image:
+                sample.image, sample.image_ext = self.image_bytes(self._bytes(members[image]))
+            if audio:
+                sample.audio, sample.audio_ext, sample.audio_duration_s = self.audio_bytes(self._bytes(members[audio]))
+        except MediaError as exc:
+            return self.reject(cand, str(exc))
+        except OSError as exc:
+            return self.reject(cand, f"tar member unreadable: {exc}")
+        return sample
+
+    def media_root(self) -> Path:
+        return Path(".").resolve()  # media live inside the tars
