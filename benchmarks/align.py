@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from edge_glass.config import parse_params  # noqa: E402
 from edge_glass.data import AlignData, global_batch, pad_tokens  # noqa: E402
 from edge_glass.distributed import DistInfo  # noqa: E402
-from edge_glass.manifest import read_manifest  # noqa: E402
+from edge_glass.manifest import media_ref, read_manifest  # noqa: E402
 from edge_glass.models.align import Batch  # noqa: E402
 from edge_glass.preprocess import build_encoder  # noqa: E402
 from edge_glass.train import build_model, contrastive_loss, make_optimizer, train_step  # noqa: E402
@@ -31,10 +31,10 @@ from edge_glass.train import build_model, contrastive_loss, make_optimizer, trai
 def online_batch(encoders, rows, base: Path, data: AlignData) -> Batch:
     """Encode the batch's raw inputs now, as a notebook pipeline would, into the same Batch layout."""
     tokens, masks, present = {}, {}, {}
-    for m, path_col in (("image", "image_path"), ("audio", "audio_path")):
-        paths = [getattr(r, path_col) for r in rows]
-        have = [i for i, p in enumerate(paths) if isinstance(p, str)]
-        feats, _ = encoders[m].forward([encoders[m].load(base / paths[i]) for i in have]) if have else ([], None)
+    for m in ("image", "audio"):
+        refs = [media_ref(r, m) for r in rows]
+        have = [i for i, ref in enumerate(refs) if ref is not None]
+        feats, _ = encoders[m].forward([encoders[m].load(refs[i].read(base)) for i in have]) if have else ([], None)
         by_row = dict(zip(have, feats))
         tokens[m], masks[m], present[m] = pad_tokens([by_row.get(i) for i in range(len(rows))], data.token_dims[m])
     _, pooled = encoders["text"].forward([r.captions[0] for r in rows])

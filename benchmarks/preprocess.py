@@ -27,13 +27,13 @@ from edge_glass.download import build_manifest  # noqa: E402
 from edge_glass.encoders.whisper import log_mel  # noqa: E402
 from edge_glass.manifest import read_manifest  # noqa: E402
 from edge_glass.preprocess import (  # noqa: E402
-    batch_size, build_encoder, loader_blas_single_threaded, make_batches, preprocess_modality, work_items,
+    batch_size, build_encoder, loader_blas_single_threaded, make_batches, preprocess_modality, read_input, work_items,
 )
 
 
 def bare_forward_seconds(encoder, items, bs) -> float:
     """Time only encoder.forward over pre-loaded inputs, in the stage's batches."""
-    batches = [[encoder.load(it.source) for it in b] for b in make_batches(items, bs)]
+    batches = [[encoder.load(read_input(it)) for it in b] for b in make_batches(items, bs)]
     encoder.forward(batches[0])  # warm-up
     t0 = time.perf_counter()
     for b in batches:

@@ -248,7 +248,9 @@ def build_manifest(params: Params, out_dir: str | Path) -> dict:
     write_rejects(ledger.rejects, out_dir / "rejects.csv")
     stats = download_stats(ledger)
     for name, c in chunk_stats.items():
-        stats["sources"].setdefault(name, {"in": 0, "kept": 0, "rejected": 0}).update(c)
+        # resumed chunks vary from run to run: logged, not a metric (a forced rerun must give equal metrics)
+        log.info("%s: %d of %d chunks resumed", name, c["resumed_chunks"], c["chunks"])
+        stats["sources"].setdefault(name, {"in": 0, "kept": 0, "rejected": 0})["chunks"] = c["chunks"]
     stats["media_bytes"] = sum(p.stat().st_size for p in keep if p.suffix == ".tar")
     stats["files"] = len(keep) + 2
     return stats

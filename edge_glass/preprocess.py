@@ -72,18 +72,22 @@ def work_items(manifest: pd.DataFrame, modality: str, base_dir: Path) -> list[Wo
     return items
 
 
+def read_input(it: WorkItem) -> Any:
+    """What the encoder's ``load`` takes: a caption's text, or a medium's bytes read from its shard."""
+    if not isinstance(it.source, tuple):
+        return it.source
+    base_dir, ref = it.source  # (manifest folder, MemberRef)
+    try:
+        return ref.read(base_dir)
+    except OSError as exc:
+        raise MediaError(f"media shard unreadable: {exc}") from None
+
+
 def _load_all(encoder: FrozenEncoder, items: list[WorkItem]) -> list[tuple[WorkItem, Any, str]]:
     out = []
     for it in items:
         try:
-            source = it.source
-            if isinstance(source, tuple):  # (manifest folder, MemberRef): the media bytes inside a shard
-                base_dir, ref = source
-                try:
-                    source = ref.read(base_dir)
-                except OSError as exc:
-                    raise MediaError(f"media shard unreadable: {exc}") from None
-            out.append((it, encoder.load(source), ""))
+            out.append((it, encoder.load(read_input(it)), ""))
         except MediaError as exc:
             out.append((it, None, str(exc)))
     return out

@@ -172,6 +172,30 @@ def write_audiocaps(root: Path, n: int, missing_every: int = 5, start: int = 0) 
     return out
 
 
+COLOURS = {"red": (220, 60, 50), "blue": (50, 90, 220), "green": (60, 170, 80), "yellow": (240, 210, 60),
+           "purple": (140, 70, 180), "orange": (240, 140, 40), "grey": (128, 128, 128), "black": (20, 20, 20)}
+
+
+def write_large_table(root: Path, n: int, size: int = 256) -> Path:
+    """``n`` distinct photo-like items for benchmarks: each emoji on a coloured background, as JPEG, with
+    captions naming both ("grinning face on a red background"); one row per item, CSV."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    base = emoji_images(-(-n // len(COLOURS)), size=size)
+    rows = []
+    for i in range(n):
+        img, caps = base[i // len(COLOURS)]
+        colour, rgb = list(COLOURS.items())[i % len(COLOURS)]
+        canvas = Image.new("RGB", img.size, rgb)
+        canvas.paste(img, mask=Image.eval(img.convert("L"), lambda v: 0 if v > 250 else 255))
+        rel = f"images/{i // 1000:03d}/{i:06d}.jpg"
+        (root / rel).parent.mkdir(exist_ok=True)
+        (root / rel).write_bytes(_jpeg(canvas, 90))
+        rows.append({"image": rel, "caption": f"{caps[0]} on a {colour} background"})
+    path = root / "items.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
