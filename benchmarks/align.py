@@ -65,7 +65,7 @@ def main() -> None:
     encoders = {m: build_encoder(m, params) for m in ("image", "audio", "text")}
     t0 = time.perf_counter()
     for s in range(1, args.steps + 1):
-        indices, _ = global_batch(s, 0, 1, args.batch_size, len(data), params.seed, [len(c) for c in data.captions])
+        indices, _ = global_batch(s, 0, 1, args.batch_size, len(data), params.seed, data.caption_counts)
         rows = [manifest.loc[data.item_ids[i]] for i in indices]
         with torch.no_grad():
             batch = online_batch(encoders, rows, manifest_path.parent, data)

@@ -272,6 +272,7 @@ class TrainParams(OptimizerParams):
     eval_every: int = Field(20, ge=1)
     nproc_per_node: int = Field(1, ge=1)
     select: Literal["best_val", "last"] = "best_val"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
 
 
 class LossParams(Strict):
@@ -283,6 +284,7 @@ class LossParams(Strict):
 
 
 class AlignParams(Strict):
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")  # auto: the rank's own GPU, else the CPU
     dim: int = Field(128, ge=8)
     projection_dim: int = Field(256, ge=1)
     text_head: Literal["mlp", "linear", "pca"] = "mlp"

@@ -1,4 +1,10 @@
-"""Cached features of one split as training items, and a step-deterministic batch sampler."""
+"""Cached features of one split as training items, and step-deterministic batches and token dropout.
+
+:class:`AlignData` keeps integer arrays per item (rows into memory-mapped feature stores, caption
+offsets), never the features themselves: a batch is gathered from the shards when it is asked for,
+with index arithmetic (one gather per modality and shard). Peak memory therefore does not grow with
+the number of items beyond those arrays.
+"""
 
 from __future__ import annotations
 
@@ -6,61 +12,97 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from edge_glass.features import FeatureStore
 from edge_glass.manifest import read_manifest
 from edge_glass.models.align import MEDIA, Batch
 
+MODALITY_INDEX = {"image": 1, "audio": 2}  # in the token-dropout seed (names would collide: len("image") == len("audio"))
+
 
 class AlignData:
-    """Items of ``split`` with their media tokens and caption features, all held in memory."""
+    """Items of ``split`` that have captions and at least one medium with features."""
 
     def __init__(self, features_dir: str | Path, manifest_path: str | Path, split: str):
         features_dir = Path(features_dir)
         manifest = read_manifest(manifest_path)
-        manifest = manifest[manifest.split == split]
+        manifest = manifest[manifest.split == split].reset_index(drop=True)
         self.encoders = json.loads((features_dir / "encoders.json").read_text())
         if "text" not in self.encoders:
             raise FileNotFoundError(f"{features_dir}: no text features; align needs preprocess.modalities to include text")
-        media_tokens = {m: FeatureStore(features_dir / m).load_all()[0] for m in MEDIA if m in self.encoders}
-        text_store = FeatureStore(features_dir / "text")
-        _, text_pooled = text_store.load_all()
-        caption_ids = text_store.index.groupby("item_id")["id"].apply(list).to_dict()
-        self.item_ids, self.captions, self.caption_texts = [], [], []
-        self.tokens: dict[str, list[torch.Tensor | None]] = {m: [] for m in media_tokens}
-        for row in manifest.itertuples(index=False):
-            caps = caption_ids.get(row.item_id, [])
-            media = {m: media_tokens[m].get(row.item_id) for m in media_tokens}
-            if not caps or all(t is None for t in media.values()):
-                continue
-            self.item_ids.append(row.item_id)
-            self.captions.append(torch.stack([text_pooled[c] for c in caps]).float())
-            self.caption_texts.append([str(row.captions[int(c.rsplit("#", 1)[1])]) for c in caps])
-            for m, t in media.items():
-                self.tokens[m].append(t)
-        if not self.item_ids:
+        self.stores = {m: FeatureStore(features_dir / m) for m in MEDIA if m in self.encoders}
+        self.text_store = FeatureStore(features_dir / "text")
+        media_rows = {m: store.rows(manifest.item_id) for m, store in self.stores.items()}
+        # caption features of each item in caption order: text ids are "item_id#k"
+        text = self.text_store.index[["item_id"]].copy()
+        text["row"] = np.arange(len(text))
+        text["k"] = self.text_store.index["id"].str.rsplit("#", n=1).str[1].astype(np.int64)
+        text["item"] = pd.Index(manifest.item_id).get_indexer(text["item_id"])
+        text = text[text["item"] >= 0].sort_values(["item", "k"], kind="stable")
+        counts = np.bincount(text["item"].to_numpy(), minlength=len(manifest))
+        has_media = np.zeros(len(manifest), dtype=bool)
+        for rows in media_rows.values():
+            has_media |= rows >= 0
+        keep = (counts > 0) & has_media
+        if not keep.any():
             raise ValueError(f"no {split} items with captions and media features in {features_dir}")
-        self.token_dims = {m: self.encoders[m]["token_dim"] for m in media_tokens}
+        text = text[keep[text["item"].to_numpy()]]
+        self.item_ids: list[str] = manifest.item_id[keep].tolist()
+        self.media_rows = {m: rows[keep] for m, rows in media_rows.items()}  # -1: the item lacks the medium
+        self.caption_rows = text["row"].to_numpy(np.int64)  # rows in the text store, grouped by item
+        self.caption_k = text["k"].to_numpy(np.int64)  # index into the manifest's caption list
+        kept_counts = counts[keep]
+        self.caption_offsets = np.concatenate([[0], np.cumsum(kept_counts)]).astype(np.int64)
+        self._manifest_captions = manifest.captions[keep].tolist()
+        self.token_dims = {m: self.encoders[m]["token_dim"] for m in self.stores}
         self.text_dim = self.encoders["text"]["pooled_dim"]
 
     def __len__(self) -> int:
         return len(self.item_ids)
 
-    def batch(self, indices: list[int] | np.ndarray, caption_choice: list[int] | np.ndarray | None = None) -> Batch:
+    @property
+    def caption_counts(self) -> np.ndarray:
+        return np.diff(self.caption_offsets)
+
+    @property
+    def caption_texts(self) -> list[list[str]]:
+        """Each item's caption strings, in the order of its caption features."""
+        return [[str(caps[k]) for k in self.caption_k[self.caption_offsets[i]:self.caption_offsets[i + 1]]]
+                for i, caps in enumerate(self._manifest_captions)]
+
+    def has(self, modality: str) -> np.ndarray:
+        return self.media_rows[modality] >= 0
+
+    def caption_features(self, indices=None) -> tuple[torch.Tensor, np.ndarray]:
+        """Caption features (float32) of ``indices`` (default: all items), and each caption's item index."""
+        indices = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        counts = self.caption_counts[indices]
+        flat = np.repeat(self.caption_offsets[indices], counts) + (
+            np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts))
+        feats = self.text_store.gather_pooled(self.caption_rows[flat])
+        return torch.from_numpy(feats), np.repeat(indices, counts)
+
+    def batch(self, indices, caption_choice=None) -> Batch:
         """Pad each modality's tokens to the longest present item; caption k of item i (default 0)."""
+        indices = np.asarray(indices, dtype=np.int64)
         tokens, masks, present = {}, {}, {}
-        for m, per_item in self.tokens.items():
-            tokens[m], masks[m], present[m] = pad_tokens([per_item[i] for i in indices], self.token_dims[m])
-        choice = caption_choice if caption_choice is not None else [0] * len(indices)
-        text = torch.stack([self.captions[i][k] for i, k in zip(indices, choice)])
+        for m, store in self.stores.items():
+            rows = self.media_rows[m][indices]
+            x, mask = store.gather_tokens(rows)
+            tokens[m], masks[m] = torch.from_numpy(x), torch.from_numpy(mask)
+            present[m] = torch.from_numpy(rows >= 0)
+        choice = np.zeros(len(indices), dtype=np.int64) if caption_choice is None else np.asarray(caption_choice, np.int64)
+        text = torch.from_numpy(self.text_store.gather_pooled(self.caption_rows[self.caption_offsets[indices] + choice]))
         return Batch(tokens, masks, present, text)
 
 
 def pad_tokens(items: list[torch.Tensor | None], dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad variable-length (n_i, dim) token sets (None: item lacks the modality).
 
-    Returns tokens (b, max n_i, dim), mask (b, max n_i) for real tokens, and presence (b,).
+    Returns tokens (b, max n_i, dim), mask (b, max n_i) for real tokens, and presence (b,). Used for
+    batches encoded on the fly (benchmarks); cached batches come from :meth:`AlignData.batch`.
     """
     length = max((t.shape[0] for t in items if t is not None), default=1)
     x = torch.zeros(len(items), length, dim)
@@ -73,7 +115,7 @@ def pad_tokens(items: list[torch.Tensor | None], dim: int) -> tuple[torch.Tensor
 
 
 def global_batch(step: int, micro: int, grad_accum: int, batch_size: int, n_items: int, seed: int,
-                 captions_per_item: list[int]) -> tuple[np.ndarray, np.ndarray]:
+                 captions_per_item) -> tuple[np.ndarray, np.ndarray]:
     """Item indices and caption choices of one micro-batch, a pure function of (seed, step, micro).
 
     Items are drawn epoch by epoch from seeded permutations, so a resumed run sees the same batches.
@@ -86,26 +128,44 @@ def global_batch(step: int, micro: int, grad_accum: int, batch_size: int, n_item
         perm = np.random.default_rng([seed, int(e)]).permutation(n_items)
         indices[epochs == e] = perm[offsets[epochs == e]]
     rng = np.random.default_rng([seed, step, micro, 7])
-    choice = np.array([rng.integers(captions_per_item[i]) for i in indices])
+    choice = rng.integers(np.asarray(captions_per_item)[indices])  # the same draws as one call per item
     return indices, choice
 
 
-def drop_tokens(batch: Batch, positions: np.ndarray, rate: float, seed: int, step: int, micro: int) -> Batch:
-    """Hide a ``rate`` share of each item's media tokens (keeping at least one).
+_M = np.uint64(0xFFFFFFFFFFFFFFFF)
 
-    The pattern is seeded by (seed, step, micro, global position), so it does not depend on how the
-    global batch is split over ranks, and a resumed run draws the same one.
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic): a good, cheap counter-based hash."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _M
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M
+        return x ^ (x >> np.uint64(31))
+
+
+def dropout_uniforms(seed: int, step: int, micro: int, positions: np.ndarray, modality: str, length: int) -> np.ndarray:
+    """(b, length) uniforms in [0, 1): a pure function of (seed, step, micro, global position, modality,
+    token index), so every rank and every resumed run draws the same pattern for the same token."""
+    key = np.uint64(0)
+    for part in (seed, step, micro, MODALITY_INDEX[modality]):
+        key = _splitmix(np.asarray(key ^ np.uint64(part & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64))
+    item = _splitmix(key ^ np.asarray(positions, dtype=np.uint64))
+    h = _splitmix(item[:, None] ^ (np.arange(length, dtype=np.uint64)[None, :] * np.uint64(0xD1B54A32D192ED03) & _M))
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def drop_tokens(batch: Batch, positions: np.ndarray, rate: float, seed: int, step: int, micro: int) -> Batch:
+    """Hide a ``rate`` share of each item's media tokens (an item that would lose all keeps all).
+
+    Drawn for the whole batch at once from :func:`dropout_uniforms`; real tokens are a prefix of each
+    row, so the draw for a token does not depend on the padding (which varies with the rank's slice).
     """
     if rate <= 0:
         return batch
     masks = {}
     for m, mask in batch.masks.items():
-        mask = mask.clone()
-        for j, pos in enumerate(positions):
-            n = int(mask[j].sum())  # real tokens are a prefix; draw for them only (padding varies by rank)
-            rng = np.random.default_rng([seed, step, micro, int(pos), len(m)])
-            keep = torch.from_numpy(rng.random(n) >= rate)
-            if keep.any():
-                mask[j, :n] = keep
-        masks[m] = mask
+        keep = torch.from_numpy(dropout_uniforms(seed, step, micro, positions, m, mask.shape[1]) >= rate) & mask
+        emptied = ~keep.any(dim=1)
+        masks[m] = torch.where(emptied[:, None], mask, keep)
     return Batch(batch.tokens, masks, batch.present, batch.text)

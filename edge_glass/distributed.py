@@ -20,15 +20,18 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(backend: str | None = None) -> DistInfo:
+def init_distributed(backend: str | None = None, device: torch.device | None = None) -> DistInfo:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1).
 
+    ``device``: this rank's device (default: its own GPU when CUDA is available, else the CPU).
     Default backend: nccl on GPU, gloo on CPU; preprocess only needs barriers and asks for gloo.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
+    if device is None:
+        cuda = torch.cuda.is_available()
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
+    cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():

@@ -16,23 +16,33 @@ from edge_glass.linear_probe import RIDGE_GRID, apply_map, ridge_map
 from edge_glass.models.align import AlignModel
 from edge_glass.retrieval import recall_at_k
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def embed_split(model: AlignModel, data: AlignData, batch_size: int = 256) -> dict[str, tuple[torch.Tensor, list[str]]]:
-    """Projected (unnormalised) embeddings of every media item and every caption of ``data``."""
+    """Projected (unnormalised) embeddings of every media item and every caption of ``data``, on the CPU.
+
+    Batches go to the model's device and results come back, so evaluation runs wherever the model is."""
+    device = model_device(model)
     rows: dict[str, list] = {}
     owners: dict[str, list] = {}
+    text_rows, text_owners = [], []
     for start in range(0, len(data), batch_size):
-        idx = list(range(start, min(start + batch_size, len(data))))
-        out = model(data.batch(idx))
+        idx = np.arange(start, min(start + batch_size, len(data)))
+        out = model(data.batch(idx).to(device))
         for m, (z, present) in out.items():
             if m == "text":
                 continue
-            rows.setdefault(m, []).append(z[present])
+            present = present.cpu()
+            rows.setdefault(m, []).append(z.float().cpu()[present])
             owners.setdefault(m, []).extend(data.item_ids[i] for i, p in zip(idx, present.tolist()) if p)
+        feats, owner = data.caption_features(idx)
+        text_rows.append(model.heads["text"](feats.to(device)).float().cpu())
+        text_owners.extend(data.item_ids[i] for i in owner)
     result = {m: (torch.cat(rows[m]), owners[m]) for m in rows}
-    captions = torch.cat(data.captions)
-    text_owners = [data.item_ids[i] for i, c in enumerate(data.captions) for _ in range(len(c))]
-    result["text"] = (model.heads["text"](captions), text_owners)
+    result["text"] = (torch.cat(text_rows), text_owners)
     return result
 
 
@@ -63,13 +73,19 @@ def trained_recalls(model: AlignModel, data: AlignData, params: Params, dims: li
     return by_dim
 
 
+def pooled_by_id(store: FeatureStore) -> dict[str, torch.Tensor]:
+    """Every pooled feature of a store by id (the baseline works on pooled features only)."""
+    ids, pooled = store.pooled()
+    return dict(zip(ids, pooled))
+
+
 def baseline_recalls(features_dir: Path, manifest: pd.DataFrame, split: str, params: Params) -> dict:
     """No training: frozen pooled media features mapped linearly into the frozen text space.
 
     The map is ridge regression fitted in closed form on train; the ridge strength is picked from
     RIDGE_GRID by mean R@1 on val, then the map is scored on ``split``.
     """
-    _, text_pooled = FeatureStore(features_dir / "text").load_all()
+    text_pooled = pooled_by_id(FeatureStore(features_dir / "text"))
     split_of = dict(zip(manifest.item_id, manifest.split))
     text_by_item: dict[str, list[torch.Tensor]] = {}
     for cid, z in text_pooled.items():
@@ -79,7 +95,7 @@ def baseline_recalls(features_dir: Path, manifest: pd.DataFrame, split: str, par
     for m in ("image", "audio"):
         if not (features_dir / m / "index.parquet").exists():
             continue
-        _, pooled = FeatureStore(features_dir / m).load_all()
+        pooled = pooled_by_id(FeatureStore(features_dir / m))
         ids = {s: [i for i in pooled if split_of.get(i) == s and i in text_by_item] for s in ("train", "val", split)}
         if not ids["train"] or not ids[split]:
             continue

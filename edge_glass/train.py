@@ -15,8 +15,9 @@ from tqdm import tqdm
 
 from edge_glass.config import AlignParams, Params
 from edge_glass.data import AlignData, drop_tokens, global_batch
+from edge_glass.device import autocast, enable_fast_matmul, resolve_precision
 from edge_glass.distributed import DistInfo, barrier, gather_with_local_grad, sync_gradients
-from edge_glass.linear_probe import fit_standardised_ridge
+from edge_glass.linear_probe import RidgeStats, fit_ridge_streaming
 from edge_glass.io import atomic_path, files_fingerprint, read_metadata, sha256_file, sha256_text, write_json
 from edge_glass.models.align import AlignModel
 from edge_glass.models.mrl import init_head_with_pca, mrl_info_nce
@@ -56,11 +57,20 @@ def contrastive_loss(model: AlignModel, out: dict, cfg: AlignParams, info: DistI
     return total, parts
 
 
+INIT_CHUNK = 1024  # items per chunk while streaming the PCA / ridge statistics
+
+
+def caption_chunks(data: AlignData, chunk: int = INIT_CHUNK):
+    for start in range(0, len(data), chunk):
+        yield data.caption_features(np.arange(start, min(start + chunk, len(data))))[0]
+
+
 def build_model(cfg: AlignParams, data: AlignData, seed: int, val: AlignData | None = None) -> AlignModel:
+    """Initial model, the same on every rank and for every thread count (PCA and ridge in float64, streamed)."""
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = AlignModel(cfg, data.token_dims, data.text_dim)
     if cfg.text_head == "pca":
-        init_head_with_pca(model.heads["text"], torch.cat(data.captions))
+        init_head_with_pca(model.heads["text"], caption_chunks(data))
     if cfg.freeze_text_head:
         model.heads["text"].requires_grad_(False)
     if model.linear is not None:
@@ -69,25 +79,39 @@ def build_model(cfg: AlignParams, data: AlignData, seed: int, val: AlignData | N
 
 
 @torch.no_grad()
-def pooled_and_targets(model: AlignModel, data: AlignData, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean media token of each item with ``modality`` and the mean of its captions in the text space."""
-    idx = [i for i, t in enumerate(data.tokens[modality]) if t is not None]
-    pooled = torch.cat([model.pooled_tokens(data.batch(idx[s:s + 256]), modality) for s in range(0, len(idx), 256)])
-    targets = torch.stack([model.heads["text"](data.captions[i]).mean(0) for i in idx])
-    return pooled, targets
+def pooled_and_targets(model: AlignModel, data: AlignData, modality: str, chunk: int = INIT_CHUNK):
+    """Chunks of (mean media token, mean of the item's captions in the text space) for items with ``modality``."""
+    idx = np.flatnonzero(data.has(modality))
+    for start in range(0, len(idx), chunk):
+        part = idx[start:start + chunk]
+        pooled = model.pooled_tokens(data.batch(part), modality)
+        feats, owner = data.caption_features(part)
+        text = model.heads["text"](feats).double()
+        sums = torch.zeros(len(part), text.shape[1], dtype=torch.float64).index_add_(
+            0, torch.from_numpy(np.searchsorted(part, owner)), text)
+        yield pooled, sums / torch.from_numpy(data.caption_counts[part]).double()[:, None]
 
 
 @torch.no_grad()
 def init_linear_path(model: AlignModel, data: AlignData, val: AlignData | None) -> dict[str, float]:
-    """Set each medium's linear path to the ridge map from its mean token to its captions' text embedding."""
+    """Set each medium's linear path to the ridge map from its mean token to its captions' text embedding.
+
+    Train statistics are streamed (float64 sums); the ridge is chosen on val, which is held in memory."""
     chosen = {}
+    was_training = model.training
+    model.eval()  # the text head's dropout must not enter the targets
     for m in model.media:
-        x, y = pooled_and_targets(model, data, m)
-        xv, yv = pooled_and_targets(model, val, m) if val is not None and any(t is not None for t in val.tokens[m]) \
-            else (None, None)
-        weight, bias, chosen[m] = fit_standardised_ridge(x, y, xv, yv)
+        stats = RidgeStats()
+        for x, y in pooled_and_targets(model, data, m):
+            stats.add(x, y)
+        xv = yv = None
+        if val is not None and val.has(m).any():
+            parts = list(pooled_and_targets(model, val, m))
+            xv, yv = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        weight, bias, chosen[m] = fit_ridge_streaming(stats, xv, yv)
         model.linear[m].weight.copy_(weight.t().float())
         model.linear[m].bias.copy_(bias.float())
+    model.train(was_training)
     log.info("linear path initialised by ridge regression (ridge per medium: %s)", chosen)
     return chosen
 
@@ -106,7 +130,8 @@ def make_optimizer(model: AlignModel, cfg: AlignParams) -> torch.optim.AdamW:
 def run_fingerprint(params: Params, features_dir: Path) -> str:
     """What a checkpoint must match to be resumed: align params, seed, cached features and training code."""
     pkg = Path(__file__).parent
-    code = files_fingerprint([*pkg.glob("models/*.py"), pkg / "train.py", pkg / "data.py", pkg / "distributed.py"])
+    code = files_fingerprint([*pkg.glob("models/*.py"), pkg / "train.py", pkg / "data.py", pkg / "distributed.py",
+                              pkg / "features.py", pkg / "device.py", pkg / "linear_probe.py"])
     return sha256_text(json.dumps({"align": params.align.model_dump(), "seed": params.seed, "code": code,
                                    "features": sha256_file(features_dir / "encoders.json")}, sort_keys=True))
 
@@ -168,6 +193,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 def train_step(model: AlignModel, opt, data: AlignData, step: int, params: Params, info: DistInfo) -> dict:
     cfg = params.align
     t = cfg.train
+    precision = resolve_precision(t.precision, info.device)
     lr = lr_at(step, t)
     for group in opt.param_groups:
         group["lr"] = lr
@@ -175,12 +201,14 @@ def train_step(model: AlignModel, opt, data: AlignData, step: int, params: Param
     logged = {"loss": 0.0}
     for micro in range(t.grad_accum):
         indices, choice = global_batch(step, micro, t.grad_accum, t.batch_size, len(data), params.seed,
-                                       [len(c) for c in data.captions])
+                                       data.caption_counts)
         sl = slice(info.rank * local, (info.rank + 1) * local)
         batch = data.batch(indices[sl], choice[sl])
         positions = np.arange(t.batch_size)[sl]
         batch = drop_tokens(batch, positions, cfg.token_dropout, params.seed, step, micro).to(info.device)
-        loss, parts = contrastive_loss(model, model(batch), cfg, info)
+        with autocast(info.device, precision):
+            out = model(batch)
+        loss, parts = contrastive_loss(model, out, cfg, info)
         (loss / t.grad_accum).backward()
         logged["loss"] += float(loss.detach()) / t.grad_accum
         for k, v in parts.items():
@@ -208,7 +236,9 @@ def validation_loss(model: AlignModel, data: AlignData, params: Params, info: Di
         idx = list(range(start, min(start + bs, len(data))))
         if len(idx) < 2:
             break
-        loss, _ = contrastive_loss(model, model(data.batch(idx).to(info.device)), params.align, single)
+        with autocast(info.device, resolve_precision(params.align.train.precision, info.device)):
+            out = model(data.batch(idx).to(info.device))
+        loss, _ = contrastive_loss(model, out, params.align, single)
         losses.append(float(loss))
     model.train()
     return float(np.mean(losses)) if losses else float("nan")
@@ -239,6 +269,7 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
         val = AlignData(features_dir, manifest, "val")
     except ValueError:  # no validation items (tiny subsets): no val loss
         val = None
+    enable_fast_matmul(info.device)
     model = build_model(cfg, data, params.seed, val).to(info.device)
     opt = make_optimizer(model, cfg)
     fingerprint = run_fingerprint(params, features_dir)

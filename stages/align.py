@@ -1,12 +1,13 @@
 """align stage: train Perceiver resamplers, fusion and MRL heads on cached features (launch with torchrun)."""
 
 from edge_glass.cli import run_stage, stage_parser
+from edge_glass.device import resolve_device
 from edge_glass.distributed import init_distributed, shutdown
 from edge_glass.train import train
 
 
 def main(params, args):
-    info = init_distributed()
+    info = init_distributed(device=resolve_device(params.align.device, "align.device"))
     try:
         summary = train(params, args.features, args.manifest, args.out, args.live, info)
     finally:

@@ -91,7 +91,7 @@ class AlignModel(nn.Module):
                 if self.linear is not None:
                     rows = rows + (lin["image"][pos["image"][idx]] + lin["audio"][pos["audio"][idx]]) / 2
             out["fused"] = (self._scatter(b, idx, rows), both)
-        out["text"] = (self.heads["text"](batch.text), torch.ones(b, dtype=torch.bool, device=batch.text.device))
+        out["text"] = (self.heads["text"](batch.text).float(), torch.ones(b, dtype=torch.bool, device=batch.text.device))
         return out
 
     def pooled_tokens(self, batch: Batch, modality: str) -> torch.Tensor:
@@ -100,8 +100,9 @@ class AlignModel(nn.Module):
         return masked_mean(batch.tokens[modality][idx], batch.masks[modality][idx])
 
     def _scatter(self, b: int, idx: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        # float32 output whatever autocast computed the rows in: the loss and the gathers see one dtype
         z = torch.zeros(b, self.cfg.projection_dim, device=idx.device)
-        return z if rows is None else z.index_copy(0, idx, rows)
+        return z if rows is None else z.index_copy(0, idx, rows.float())
 
     def scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=math.log(100)).exp()

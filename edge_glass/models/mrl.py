@@ -47,15 +47,56 @@ def mrl_info_nce(
     return sum(w * per_dim[d] for w, d in zip(weights, dims)), per_dim
 
 
+class MomentAccumulator:
+    """Streaming float64 sums (n, sum x, sum x x^T) over row chunks: memory O(d^2), not O(n d).
+
+    Chunks are added in a fixed order and summed in float64, so the result does not depend on how many
+    items there are per chunk in memory or (beyond float64 rounding) on the BLAS thread count."""
+
+    def __init__(self):
+        self.n, self.s, self.ss = 0, None, None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().double().cpu()
+        if self.s is None:
+            self.s, self.ss = torch.zeros(x.shape[1], dtype=torch.float64), torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+        self.n += len(x)
+        self.s += x.sum(0)
+        self.ss += x.t() @ x
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.s / self.n
+
+    def covariance(self) -> torch.Tensor:
+        return (self.ss - self.n * torch.outer(self.mean, self.mean)) / max(self.n - 1, 1)
+
+
+def layer_norm64(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` computed in float64 (the PCA statistics then carry no float32 rounding)."""
+    x = x.double()
+    w = norm.weight.double() if norm.weight is not None else 1.0
+    b = norm.bias.double() if norm.bias is not None else 0.0
+    return F.layer_norm(x, x.shape[-1:], None, None, norm.eps) * w + b
+
+
 @torch.no_grad()
-def init_head_with_pca(head: MRLHead, x: torch.Tensor) -> None:
-    """Set a linear head to the principal components of LayerNorm(x): prefix dims keep the most variance."""
+def init_head_with_pca(head: MRLHead, chunks) -> None:
+    """Set a linear head to the principal components of LayerNorm(x): prefix dims keep the most variance.
+
+    ``chunks``: an iterable of (n_i, d) feature tensors (or one tensor), streamed through float64
+    moments, so all captions of a large data set never sit in memory at once and the result does not
+    depend on the thread count. Each component's sign is fixed (largest coordinate positive)."""
     norm, linear = head.net[0], head.net[-1]
-    h = norm(x.float())
-    mean = h.mean(0)
-    _, _, v = torch.linalg.svd(h - mean, full_matrices=False)
+    acc = MomentAccumulator()
+    for x in [chunks] if isinstance(chunks, torch.Tensor) else chunks:
+        acc.add(layer_norm64(norm, x))
     k = linear.out_features
-    if v.shape[0] < k:
-        raise ValueError(f"PCA text head needs at least {k} caption features (got {v.shape[0]})")
-    linear.weight.copy_(v[:k])
-    linear.bias.copy_(-(v[:k] @ mean))
+    if acc.n < k:
+        raise ValueError(f"PCA text head needs at least {k} caption features (got {acc.n})")
+    evals, evecs = torch.linalg.eigh(acc.covariance())
+    v = evecs.flip(1)[:, :k].t()  # (k, d), by decreasing variance
+    sign = torch.sign(v.gather(1, v.abs().argmax(1, keepdim=True)))
+    v = v * sign
+    linear.weight.copy_(v.float())
+    linear.bias.copy_((-(v @ acc.mean)).float())
