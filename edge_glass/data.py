@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from edge_glass.features import FeatureStore
+from edge_glass.keyed_random import keyed_uniforms
 from edge_glass.manifest import read_manifest
 from edge_glass.models.align import MEDIA, Batch
 
@@ -132,27 +133,10 @@ def global_batch(step: int, micro: int, grad_accum: int, batch_size: int, n_item
     return indices, choice
 
 
-_M = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _splitmix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic): a good, cheap counter-based hash."""
-    with np.errstate(over="ignore"):
-        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _M
-        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M
-        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M
-        return x ^ (x >> np.uint64(31))
-
-
 def dropout_uniforms(seed: int, step: int, micro: int, positions: np.ndarray, modality: str, length: int) -> np.ndarray:
     """(b, length) uniforms in [0, 1): a pure function of (seed, step, micro, global position, modality,
     token index), so every rank and every resumed run draws the same pattern for the same token."""
-    key = np.uint64(0)
-    for part in (seed, step, micro, MODALITY_INDEX[modality]):
-        key = _splitmix(np.asarray(key ^ np.uint64(part & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64))
-    item = _splitmix(key ^ np.asarray(positions, dtype=np.uint64))
-    h = _splitmix(item[:, None] ^ (np.arange(length, dtype=np.uint64)[None, :] * np.uint64(0xD1B54A32D192ED03) & _M))
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return keyed_uniforms((seed, step, micro, MODALITY_INDEX[modality]), positions, length)
 
 
 def drop_tokens(batch: Batch, positions: np.ndarray, rate: float, seed: int, step: int, micro: int) -> Batch:
@@ -168,4 +152,4 @@ def drop_tokens(batch: Batch, positions: np.ndarray, rate: float, seed: int, ste
         keep = torch.from_numpy(dropout_uniforms(seed, step, micro, positions, m, mask.shape[1]) >= rate) & mask
         emptied = ~keep.any(dim=1)
         masks[m] = torch.where(emptied[:, None], mask, keep)
-    return Batch(batch.tokens, masks, batch.present, batch.text)
+    return Batch(batch.tokens, masks, batch.present, batch.text, batch.positions, batch.noise_key)

@@ -57,7 +57,7 @@ def contrastive_loss(model: AlignModel, out: dict, cfg: AlignParams, info: DistI
     return total, parts
 
 
-INIT_CHUNK = 1024  # items per chunk while streaming the PCA / ridge statistics
+INIT_CHUNK = 256  # items per chunk while streaming the PCA / ridge statistics (bounds init memory)
 
 
 def caption_chunks(data: AlignData, chunk: int = INIT_CHUNK):
@@ -205,6 +205,7 @@ def train_step(model: AlignModel, opt, data: AlignData, step: int, params: Param
         sl = slice(info.rank * local, (info.rank + 1) * local)
         batch = data.batch(indices[sl], choice[sl])
         positions = np.arange(t.batch_size)[sl]
+        batch.positions, batch.noise_key = positions, (params.seed, step, micro)  # keyed head dropout
         batch = drop_tokens(batch, positions, cfg.token_dropout, params.seed, step, micro).to(info.device)
         with autocast(info.device, precision):
             out = model(batch)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 import torch
 from torch import nn
 
@@ -14,6 +16,7 @@ from edge_glass.models.mrl import MRLHead
 from edge_glass.models.perceiver import MeanPool, PerceiverResampler
 
 MEDIA = ("image", "audio")
+HEAD_IDS = {"image": 1, "audio": 2, "fused": 3, "text": 4}  # in the keyed-dropout key of each head
 
 
 @dataclass
@@ -24,10 +27,14 @@ class Batch:
     masks: dict[str, torch.Tensor]  # modality -> (b, n) True for real tokens
     present: dict[str, torch.Tensor]  # modality -> (b,) bool
     text: torch.Tensor  # (b, text_dim) pooled caption features
+    # training only: global batch positions of the rows and the (seed, step, micro) key of keyed dropout
+    positions: np.ndarray | None = None
+    noise_key: tuple[int, int, int] | None = None
 
     def to(self, device) -> "Batch":
-        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        return Batch(move(self.tokens), move(self.masks), move(self.present), self.text.to(device))
+        move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
+        return Batch(move(self.tokens), move(self.masks), move(self.present), self.text.to(device, non_blocking=True),
+                     self.positions, self.noise_key)
 
 
 class AlignModel(nn.Module):
@@ -45,12 +52,13 @@ class AlignModel(nn.Module):
             return PerceiverResampler(in_dim, cfg.dim, p.num_latents, p.depth, p.heads, p.dim_head)
 
         self.resamplers = nn.ModuleDict({m: resampler(token_dims[m]) for m in self.media})
-        self.heads = nn.ModuleDict({m: MRLHead(cfg.dim, cfg.projection_dim, "mlp", cfg.dropout) for m in self.media})
+        self.heads = nn.ModuleDict({m: MRLHead(cfg.dim, cfg.projection_dim, "mlp", cfg.dropout, dropout_id=HEAD_IDS[m])
+                                    for m in self.media})
         self.has_fusion = set(MEDIA) <= set(self.media)
         if self.has_fusion:
             self.fusion = build_fusion(cfg.fusion, cfg.dim, p.heads, p.dim_head)
-            self.heads["fused"] = MRLHead(cfg.dim, cfg.projection_dim, "mlp", cfg.dropout)
-        self.heads["text"] = MRLHead(text_dim, cfg.projection_dim, cfg.text_head, cfg.dropout)
+            self.heads["fused"] = MRLHead(cfg.dim, cfg.projection_dim, "mlp", cfg.dropout, dropout_id=HEAD_IDS["fused"])
+        self.heads["text"] = MRLHead(text_dim, cfg.projection_dim, cfg.text_head, cfg.dropout, dropout_id=HEAD_IDS["text"])
         self.linear = None
         if cfg.linear_path:
             # LP-FT: a linear map of the mean token, set to the ridge solution before training, plus the
@@ -75,7 +83,7 @@ class AlignModel(nn.Module):
             if len(idx):
                 tokens, mask = batch.tokens[m][idx], batch.masks[m][idx]
                 lat[m] = self.latents(m, tokens, mask)
-                rows = self.heads[m](lat[m].mean(dim=1))
+                rows = self.heads[m](lat[m].mean(dim=1), _rows(batch, idx), batch.noise_key)
                 if self.linear is not None:
                     lin[m] = self.linear[m](masked_mean(tokens, mask))
                     rows = rows + lin[m]
@@ -87,11 +95,11 @@ class AlignModel(nn.Module):
             if len(idx):
                 pos = {m: torch.cumsum(batch.present[m].long(), 0) - 1 for m in MEDIA}  # row of each item in lat[m]
                 fused = self.fusion(lat["image"][pos["image"][idx]], lat["audio"][pos["audio"][idx]])
-                rows = self.heads["fused"](fused.mean(dim=1))
+                rows = self.heads["fused"](fused.mean(dim=1), _rows(batch, idx), batch.noise_key)
                 if self.linear is not None:
                     rows = rows + (lin["image"][pos["image"][idx]] + lin["audio"][pos["audio"][idx]]) / 2
             out["fused"] = (self._scatter(b, idx, rows), both)
-        out["text"] = (self.heads["text"](batch.text).float(), torch.ones(b, dtype=torch.bool, device=batch.text.device))
+        out["text"] = (self.heads["text"](batch.text, batch.positions, batch.noise_key).float(), torch.ones(b, dtype=torch.bool, device=batch.text.device))
         return out
 
     def pooled_tokens(self, batch: Batch, modality: str) -> torch.Tensor:
@@ -106,6 +114,11 @@ class AlignModel(nn.Module):
 
     def scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=math.log(100)).exp()
+
+
+def _rows(batch: Batch, idx: torch.Tensor):
+    """Global batch positions of the rows ``idx`` (None outside training)."""
+    return None if batch.positions is None else batch.positions[idx.cpu().numpy()]
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

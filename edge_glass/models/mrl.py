@@ -6,12 +6,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_glass.keyed_random import keyed_uniforms
+
 
 class MRLHead(nn.Module):
-    """One projection to ``projection_dim``; every prefix ``[:d]`` is itself a usable embedding."""
+    """One projection to ``projection_dim``; every prefix ``[:d]`` is itself a usable embedding.
 
-    def __init__(self, in_dim: int, projection_dim: int, kind: str = "mlp", dropout: float = 0.0):
+    Dropout is keyed when the caller passes the rows' global batch positions and a (seed, step, micro)
+    key: the mask is then a pure function of those (see keyed_random), the same for 1 or N processes
+    and after a resume. Without them it is ordinary ``nn.Dropout``."""
+
+    def __init__(self, in_dim: int, projection_dim: int, kind: str = "mlp", dropout: float = 0.0, *, dropout_id: int = 0):
         super().__init__()
+        self.dropout_id = dropout_id
         if kind in ("linear", "pca"):
             self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, projection_dim))
         else:
@@ -20,8 +27,14 @@ class MRLHead(nn.Module):
                 nn.Linear(projection_dim, projection_dim),
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, positions=None, key: tuple[int, int, int] | None = None) -> torch.Tensor:
+        for layer in self.net:
+            if isinstance(layer, nn.Dropout) and self.training and layer.p > 0 and key is not None and positions is not None:
+                keep = keyed_uniforms((*key, 1000 + self.dropout_id), positions, x.shape[-1]) >= layer.p
+                x = x * torch.from_numpy(keep).to(device=x.device, dtype=x.dtype) / (1 - layer.p)
+            else:
+                x = layer(x)
+        return x
 
 
 def mrl_embeddings(z: torch.Tensor, dims: list[int]) -> dict[int, torch.Tensor]:

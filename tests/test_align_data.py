@@ -1,0 +1,201 @@
+"""Align at scale: memory-mapped features, vectorised batches and dropout, thread- and process-count
+independence with the shipped params (scaled down in size only), flat memory in N, CUDA when present."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import REPO
+from edge_glass.config import parse_params
+from edge_glass.data import AlignData, drop_tokens, dropout_uniforms, pad_tokens
+from edge_glass.features import FeatureStore, read_shard, shard_name
+from edge_glass.keyed_random import splitmix64
+from edge_glass.synthetic import write_synthetic
+
+SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """400 synthetic items (default encoder shapes, 2 captions each): enough captions for the PCA head."""
+    root = tmp_path_factory.mktemp("synthetic")
+    return write_synthetic(root, 400, shard_size=64)
+
+
+def shipped_params(**train) -> dict:
+    """params.yaml as shipped, scaled down in size only (steps, batch, eval schedule)."""
+    raw = json.loads(json.dumps(SHIPPED))
+    raw["align"]["train"].update({"steps": 8, "batch_size": 32, "warmup_steps": 2, "checkpoint_every": 4,
+                                  "log_every": 1, "eval_every": 8, **train})
+    return raw
+
+
+def test_memory_mapped_store_equals_in_ram_reads(synthetic):
+    store = FeatureStore(synthetic["features"] / "audio")
+    rng = np.random.default_rng(0)
+    rows = rng.choice(len(store), 37, replace=False)
+    rows[5] = -1  # an item without audio
+    tokens, mask = store.gather_tokens(rows)
+    pooled = store.gather_pooled(rows[rows >= 0])
+    shards = {}
+    for j, r in enumerate(rows):
+        if r < 0:
+            assert not mask[j].any() and not tokens[j].any()
+            continue
+        k, row = int(store.shard_of[r]), int(store.row_of[r])
+        shard = shards.setdefault(k, read_shard(store.dir / shard_name(k)))
+        ref = shard.item_tokens(row).float().numpy()
+        n = len(ref)
+        assert mask[j].sum() == n and np.array_equal(tokens[j, :n], ref) and not tokens[j, n:].any()
+        assert np.array_equal(store.tokens(store.index.id[r]).float().numpy(), ref)
+    ref_pooled = [shards[int(store.shard_of[r])].pooled[int(store.row_of[r])].float().numpy() for r in rows if r >= 0]
+    assert np.array_equal(pooled, np.stack(ref_pooled))
+
+
+def test_vectorised_batch_equals_per_item_padding(synthetic):
+    data = AlignData(synthetic["features"], synthetic["manifest"], "train")
+    idx = np.random.default_rng(1).choice(len(data), 24, replace=False)
+    choice = np.random.default_rng(2).integers(data.caption_counts[idx])
+    batch = data.batch(idx, choice)
+    for m, store in data.stores.items():
+        items = [store.tokens(data.item_ids[i]) if data.media_rows[m][i] >= 0 else None for i in idx]
+        x, mask, present = pad_tokens(items, data.token_dims[m])
+        assert torch.equal(batch.tokens[m], x) and torch.equal(batch.masks[m], mask) and torch.equal(batch.present[m], present)
+    text = data.text_store
+    want = [text.gather_pooled(text.rows([f"{data.item_ids[i]}#{k}"]))[0] for i, k in zip(idx, choice)]
+    assert np.array_equal(batch.text.numpy(), np.stack(want))
+
+
+def _reference_uniform(seed, step, micro, pos, modality_index, t) -> float:
+    """One token's draw of the keyed scheme, computed alone with scalar calls (the per-item reference)."""
+    k = np.uint64(0)
+    for part in (seed, step, micro, modality_index):
+        k = splitmix64(np.asarray(k ^ np.uint64(part), dtype=np.uint64))
+    row = splitmix64(np.asarray(k ^ np.uint64(pos), dtype=np.uint64))
+    col = np.uint64((t * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF)
+    return float(splitmix64(np.asarray(row ^ col, dtype=np.uint64)) >> np.uint64(11)) / float(1 << 53)
+
+
+def test_vectorised_token_dropout_equals_per_item_reference(synthetic):
+    data = AlignData(synthetic["features"], synthetic["manifest"], "train")
+    batch = data.batch(np.arange(12))
+    positions = np.arange(100, 112)
+    dropped = drop_tokens(batch, positions, 0.3, seed=0, step=5, micro=1)
+    for m, index in (("image", 1), ("audio", 2)):
+        for j, pos in enumerate(positions):
+            n = int(batch.masks[m][j].sum())
+            keep = np.array([_reference_uniform(0, 5, 1, pos, index, t) >= 0.3 for t in range(n)])
+            want = keep if keep.any() else np.ones(n, bool)
+            assert np.array_equal(dropped.masks[m][j, :n].numpy(), want)
+            assert not dropped.masks[m][j, n:].any()
+    # the modality is in the key: image and audio of one item get different patterns
+    assert not np.array_equal(dropout_uniforms(0, 5, 1, positions, "image", 25), dropout_uniforms(0, 5, 1, positions, "audio", 25))
+    # a rank's slice draws what the whole batch draws for the same positions
+    assert np.array_equal(dropout_uniforms(0, 5, 1, positions[6:], "audio", 30),
+                          dropout_uniforms(0, 5, 1, positions, "audio", 30)[6:])
+
+
+def test_initial_model_does_not_depend_on_thread_count(synthetic):
+    from edge_glass.train import build_model
+
+    params = parse_params(shipped_params())
+    data = AlignData(synthetic["features"], synthetic["manifest"], "train")
+    val = AlignData(synthetic["features"], synthetic["manifest"], "val")
+    threads = torch.get_num_threads()
+    states = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            states.append(build_model(params.align, data, params.seed, val).state_dict())
+    finally:
+        torch.set_num_threads(threads)
+    assert "linear.image.weight" in states[0] and "heads.text.net.2.weight" in states[0]
+    for k in states[0]:
+        assert torch.allclose(states[0][k], states[1][k], rtol=0, atol=1e-6), (k, (states[0][k] - states[1][k]).abs().max())
+
+
+def _align(workdir, raw, nproc, threads, synthetic):
+    workdir.mkdir()
+    (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(REPO / "stages" / "align.py"), "--features", str(synthetic["features"]), "--manifest",
+           str(synthetic["manifest"]), "--out", str(workdir / "align"), "--live", str(workdir / "live")]
+    proc = subprocess.run(cmd, cwd=workdir, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_file(str(workdir / "align" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_shipped_params(synthetic, tmp_path):
+    """1 process x 2 threads == 2 processes x 1 thread, with PCA head, linear path, dropout, token dropout."""
+    raw = shipped_params()
+    assert raw["align"]["dropout"] > 0 and raw["align"]["token_dropout"] > 0 and raw["align"]["text_head"] == "pca"
+    one = _align(tmp_path / "one", raw, 1, 2, synthetic)
+    two_raw = json.loads(json.dumps(raw))
+    two_raw["align"]["train"]["nproc_per_node"] = 2
+    two = _align(tmp_path / "two", two_raw, 2, 1, synthetic)
+    worst = max(((one[k] - two[k]).abs().max().item(), k) for k in one)
+    print("largest 1 vs 2 process difference:", worst)
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=2e-5, rtol=1e-4), (k, (one[k] - two[k]).abs().max())
+
+
+RSS_PROBE = """
+import sys, numpy as np
+from edge_glass.data import AlignData
+data = AlignData(sys.argv[1] + "/features", sys.argv[1] + "/download/manifest.parquet", "train")
+for start in range(0, len(data), 64):  # touch every item's features once
+    data.batch(np.arange(start, min(start + 64, len(data))))
+print([int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("RssAnon:")][0])
+"""
+
+
+@pytest.mark.slow
+def test_align_memory_stays_flat_as_items_grow(tmp_path):
+    """8x the items (1.3 GB more features on disk) must not raise anonymous RSS by more than 100 MB."""
+    rss = {}
+    for n in (500, 4000):
+        write_synthetic(tmp_path / str(n), n, shard_size=256)
+        out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(tmp_path / str(n))], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        rss[n] = int(out.stdout.strip()) / 1024  # MB
+    feature_mb = sum(p.stat().st_size for p in (tmp_path / "4000").rglob("*.safetensors")) / 2**20
+    assert feature_mb > 700
+    assert rss[4000] - rss[500] < 100, rss
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_step_and_evaluation(synthetic):
+    from edge_glass.distributed import DistInfo
+    from edge_glass.evaluate import trained_recalls
+    from edge_glass.train import build_model, make_optimizer, train_step
+
+    params = parse_params(shipped_params())
+    data = AlignData(synthetic["features"], synthetic["manifest"], "train")
+    info = DistInfo(0, 1, torch.device("cuda"))
+    model = build_model(params.align, data, params.seed).to(info.device)
+    opt = make_optimizer(model, params.align)
+    logged = train_step(model, opt, data, 0, params, info)
+    assert np.isfinite(logged["loss"])
+    recalls = trained_recalls(model.eval(), AlignData(synthetic["features"], synthetic["manifest"], "val"), params)
+    assert 0 <= recalls[256]["image_to_text"]["R@1"] <= 1
+
+
+def test_device_rule_names_the_key():
+    from edge_glass.config import ParamsError
+    from edge_glass.device import resolve_device, resolve_precision
+
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ParamsError, match="align.device=cuda: CUDA is not available"):
+            resolve_device("cuda", "align.device")
+    assert resolve_precision("auto", torch.device("cpu")) == torch.float32
+    assert resolve_precision("auto", torch.device("cuda", 0)) == torch.bfloat16
