@@ -32,15 +32,16 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edge_glass.config import parse_params  # noqa: E402
-from edge_glass.data import AlignData, global_batch, pad_tokens  # noqa: E402
+from edge_glass.data import FeatureSplit, global_batch, pad_tokens  # noqa: E402
 from edge_glass.distributed import DistInfo  # noqa: E402
 from edge_glass.manifest import media_ref, read_manifest  # noqa: E402
-from edge_glass.models.align import Batch  # noqa: E402
+from edge_glass.models.aligner import Batch  # noqa: E402
 from edge_glass.preprocess import build_encoder  # noqa: E402
-from edge_glass.train import build_model, contrastive_loss, make_optimizer, train_step  # noqa: E402
+from edge_glass.align import build_model, make_optimizer, train_step  # noqa: E402
+from edge_glass.loss import contrastive_loss  # noqa: E402
 
 
-def online_batch(encoders, rows, base: Path, data: AlignData) -> Batch:
+def online_batch(encoders, rows, base: Path, data: FeatureSplit) -> Batch:
     """Encode the batch's raw inputs now, as a notebook pipeline would, into the same Batch layout."""
     tokens, masks, present = {}, {}, {}
     for m in ("image", "audio"):
@@ -109,8 +110,8 @@ def synthetic_bench(args) -> None:
     info = DistInfo(0, 1, device)
     with PeakSampler(device.type == "cuda") as peak:
         t0 = time.perf_counter()
-        data = AlignData(work / "features", work / "download" / "manifest.parquet", "train")
-        val = AlignData(work / "features", work / "download" / "manifest.parquet", "val")
+        data = FeatureSplit(work / "features", work / "download" / "manifest.parquet", "train")
+        val = FeatureSplit(work / "features", work / "download" / "manifest.parquet", "val")
         model = build_model(params.align, data, params.seed, val).to(device)
         init_s = time.perf_counter() - t0
         opt = make_optimizer(model, params.align)
@@ -153,7 +154,7 @@ def main() -> None:
     raw["align"]["train"]["batch_size"] = args.batch_size
     params = parse_params(raw)
     manifest_path = Path("data/download/manifest.parquet")
-    data = AlignData("data/features", manifest_path, "train")
+    data = FeatureSplit("data/features", manifest_path, "train")
     manifest = read_manifest(manifest_path).set_index("item_id")
     model = build_model(params.align, data, params.seed)
     opt = make_optimizer(model, params.align)

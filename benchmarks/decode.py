@@ -26,19 +26,19 @@ def measure(kind: str, args) -> dict:
     import yaml
 
     from edge_glass.config import parse_params
-    from edge_glass.data import AlignData
+    from edge_glass.data import FeatureSplit
     from edge_glass.decode import build_decoder, caption_batch, parameter_counts
     from edge_glass.decoders.conditioning import aligned_conditioning
     from edge_glass.generate import generate
-    from edge_glass.train import load_model
+    from edge_glass.align import load_model
 
     raw = yaml.safe_load(Path(args.params).read_text())
     raw["decode"]["kind"] = kind
     raw["decode"]["train"]["batch_size"] = args.batch_size
     params = parse_params(raw)
     align = load_model("data/align")
-    train = AlignData("data/features", "data/download/manifest.parquet", "train")
-    test = AlignData("data/features", "data/download/manifest.parquet", "test")
+    train = FeatureSplit("data/features", "data/download/manifest.parquet", "train")
+    test = FeatureSplit("data/features", "data/download/manifest.parquet", "test")
     cond = aligned_conditioning(align, train, params.decode.prefix_tokens)
     test_cond = aligned_conditioning(align, test, params.decode.prefix_tokens).select(list(range(min(args.items, len(test)))))
     decoder = build_decoder(params, cond, "data/lm", [c for caps in train.caption_texts for c in caps])

@@ -1,6 +1,6 @@
 """Cached features of one split as training items, and step-deterministic batches and token dropout.
 
-:class:`AlignData` keeps integer arrays per item (rows into memory-mapped feature stores, caption
+:class:`FeatureSplit` keeps integer arrays per item (rows into memory-mapped feature stores, caption
 offsets), never the features themselves: a batch is gathered from the shards when it is asked for,
 with index arithmetic (one gather per modality and shard). Peak memory therefore does not grow with
 the number of items beyond those arrays.
@@ -18,12 +18,12 @@ import torch
 from edge_glass.features import FeatureStore
 from edge_glass.keyed_random import keyed_uniforms
 from edge_glass.manifest import read_manifest
-from edge_glass.models.align import MEDIA, Batch
+from edge_glass.models.aligner import MEDIA, Batch
 
 MODALITY_INDEX = {"image": 1, "audio": 2}  # in the token-dropout seed (names would collide: len("image") == len("audio"))
 
 
-class AlignData:
+class FeatureSplit:
     """Items of ``split`` that have captions and at least one medium with features."""
 
     def __init__(self, features_dir: str | Path, manifest_path: str | Path, split: str):
@@ -103,7 +103,7 @@ def pad_tokens(items: list[torch.Tensor | None], dim: int) -> tuple[torch.Tensor
     """Right-pad variable-length (n_i, dim) token sets (None: item lacks the modality).
 
     Returns tokens (b, max n_i, dim), mask (b, max n_i) for real tokens, and presence (b,). Used for
-    batches encoded on the fly (benchmarks); cached batches come from :meth:`AlignData.batch`.
+    batches encoded on the fly (benchmarks); cached batches come from :meth:`FeatureSplit.batch`.
     """
     length = max((t.shape[0] for t in items if t is not None), default=1)
     x = torch.zeros(len(items), length, dim)

@@ -7,18 +7,17 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from edge_glass.config import Params
-from edge_glass.data import AlignData, global_batch
+from edge_glass.data import FeatureSplit, global_batch
 from edge_glass.decoders.base import CaptionDecoder
 from edge_glass.decoders.conditioning import Conditioning, aligned_conditioning
 from edge_glass.generate import generate
 from edge_glass.io import atomic_path, files_fingerprint, sha256_file, sha256_text, write_json
-from edge_glass.train import load_checkpoint, load_model, lr_at, open_live, log_entry, save_checkpoint
+from edge_glass.align import load_model
+from edge_glass.loop import run_loop, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -68,57 +67,42 @@ def decode_fingerprint(params: Params, align_dir: Path, lm_dir: Path) -> str:
                                   sort_keys=True))
 
 
-def caption_batch(decoder: CaptionDecoder, data: AlignData, cond: Conditioning, step: int, params: Params):
+def caption_batch(decoder: CaptionDecoder, data: FeatureSplit, cond: Conditioning, step: int, params: Params):
     t = params.decode.train
-    idx, choice = global_batch(step, 0, 1, t.batch_size, len(data), params.seed, [len(c) for c in data.caption_texts])
+    idx, choice = global_batch(step, 0, 1, t.batch_size, len(data), params.seed, data.caption_counts)
     ids, mask = decoder.encode_captions([data.caption_texts[i][k] for i, k in zip(idx, choice)],
                                         params.decode.max_caption_tokens)
     return cond.select(idx), ids, mask
 
 
-def train_decoder(params: Params, decoder: CaptionDecoder, data: AlignData, cond: Conditioning, out_dir: Path,
+def train_decoder(params: Params, decoder: CaptionDecoder, data: FeatureSplit, cond: Conditioning, out_dir: Path,
                   fingerprint: str, live_dir: str | Path | None) -> dict:
-    """AdamW with warmup + cosine on the trainable parameters; checkpoints every N steps; resumes."""
+    """AdamW with warmup + cosine on the trainable parameters, in the shared loop (checkpoints, resume)."""
     t = params.decode.train
     trainable = [p for p in decoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
-    ckpt = out_dir / "checkpoints" / "last.safetensors"
-    start, history = load_checkpoint(ckpt, decoder, opt, fingerprint)
-    if start:
-        log.info("resuming decode from step %d (%s)", start, ckpt)
-    live = open_live(live_dir, history) if live_dir else None
     decoder.train()
-    t0 = time.perf_counter()
     tokens = 0
-    bar = tqdm(range(start, t.steps), desc=f"decode[{params.decode.kind}]", unit="step", initial=start, total=t.steps)
-    for step in bar:
+
+    def step_fn(step: int) -> dict:
+        nonlocal tokens
         torch.manual_seed(params.seed * 1_000_003 + step)  # LoRA / TRM dropout: the same draws after a resume
-        lr = lr_at(step, t)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = set_lr(opt, step, t)
         c, ids, mask = caption_batch(decoder, data, cond, step, params)
         loss = decoder.loss(c, ids, mask)
         loss.backward()
-        loss = loss.detach()  # logged below
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, t.clip_grad)) if t.clip_grad else float("nan")
         opt.step()
         opt.zero_grad(set_to_none=True)
         tokens += int(mask.sum())
-        last = step + 1 == t.steps
-        if (step + 1) % t.log_every == 0 or last:
-            entry = {"step": step + 1, "loss": round(float(loss), 6), "lr": lr, "grad_norm": round(grad_norm, 6)}
-            history.append(entry)
-            if live:
-                log_entry(live, entry)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
-        if (step + 1) % t.checkpoint_every == 0 or last:
-            save_checkpoint(ckpt, decoder, opt, step + 1, fingerprint, history, trainable_only=True)
-    seconds = time.perf_counter() - t0
-    if live:
-        live.end()
-    return {"steps": t.steps, "resumed_from": start, "seconds": round(seconds, 2),
-            "train_tokens_per_s": round(tokens / seconds, 1) if seconds and tokens else None,
-            "final": history[-1] if history else {}}
+        return {"loss": float(loss.detach()), "lr": lr, "grad_norm": grad_norm}
+
+    run = run_loop(name=f"decode[{params.decode.kind}]", model=decoder, opt=opt, t=t, step_fn=step_fn,
+                   checkpoint=out_dir / "checkpoints" / "last.safetensors", fingerprint=fingerprint, live_dir=live_dir,
+                   trainable_only=True)
+    seconds = run["seconds"]
+    return {"steps": t.steps, "resumed_from": run["start"], "seconds": round(seconds, 2),
+            "train_tokens_per_s": round(tokens / seconds, 1) if seconds and tokens else None, "final": run["final"]}
 
 
 def run_decode(params: Params, features_dir: str | Path, manifest: str | Path, align_dir: str | Path,
@@ -129,8 +113,8 @@ def run_decode(params: Params, features_dir: str | Path, manifest: str | Path, a
         torch.set_num_threads(dc.train.num_threads)
     features_dir, align_dir, lm_dir, out_dir = map(Path, (features_dir, align_dir, lm_dir, out_dir))
     align = load_model(align_dir).requires_grad_(False)
-    train_data = AlignData(features_dir, manifest, "train")
-    eval_data = AlignData(features_dir, manifest, dc.split)
+    train_data = FeatureSplit(features_dir, manifest, "train")
+    eval_data = FeatureSplit(features_dir, manifest, dc.split)
     train_cond = aligned_conditioning(align, train_data, dc.prefix_tokens)
     eval_cond = aligned_conditioning(align, eval_data, dc.prefix_tokens)
     decoder = build_decoder(params, train_cond, lm_dir, [c for caps in train_data.caption_texts for c in caps])

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from edge_glass.config import Params
-from edge_glass.data import AlignData
+from edge_glass.data import FeatureSplit
 from edge_glass.features import FeatureStore
 from edge_glass.linear_probe import RIDGE_GRID, apply_map, ridge_map
-from edge_glass.models.align import AlignModel
+from edge_glass.models.aligner import AlignModel
 from edge_glass.retrieval import recall_at_k
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -21,7 +21,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def embed_split(model: AlignModel, data: AlignData, batch_size: int = 256) -> dict[str, tuple[torch.Tensor, list[str]]]:
+def embed_split(model: AlignModel, data: FeatureSplit, batch_size: int = 256) -> dict[str, tuple[torch.Tensor, list[str]]]:
     """Projected (unnormalised) embeddings of every media item and every caption of ``data``, on the CPU.
 
     Batches go to the model's device and results come back, so evaluation runs wherever the model is."""
@@ -59,7 +59,7 @@ def media_text_recalls(media: tuple[torch.Tensor, list], text: tuple[torch.Tenso
             f"text_to_{name}": {f"R@{k}": v for k, v in t2m.items()}}
 
 
-def trained_recalls(model: AlignModel, data: AlignData, params: Params, dims: list[int] | None = None) -> dict[int, dict]:
+def trained_recalls(model: AlignModel, data: FeatureSplit, params: Params, dims: list[int] | None = None) -> dict[int, dict]:
     emb = embed_split(model, data)
     ev = params.evaluate
     by_dim = {}
@@ -124,7 +124,7 @@ def baseline_recalls(features_dir: Path, manifest: pd.DataFrame, split: str, par
 def run_evaluate(params: Params, features_dir: str | Path, manifest_path: str | Path, model: AlignModel) -> tuple[dict, pd.DataFrame]:
     features_dir = Path(features_dir)
     split = params.evaluate.split
-    data = AlignData(features_dir, manifest_path, split)
+    data = FeatureSplit(features_dir, manifest_path, split)
     by_dim = trained_recalls(model, data, params)
     manifest = pd.read_parquet(manifest_path, columns=["item_id", "split"])
     baseline = baseline_recalls(features_dir, manifest, split, params)

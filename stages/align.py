@@ -3,7 +3,7 @@
 from edge_glass.cli import run_stage, stage_parser
 from edge_glass.device import resolve_device
 from edge_glass.distributed import init_distributed, shutdown
-from edge_glass.train import train
+from edge_glass.align import train
 
 
 def main(params, args):

@@ -8,7 +8,7 @@ from edge_glass.caption_metrics import caption_metrics, sample_table
 from edge_glass.cli import run_stage, stage_parser
 from edge_glass.evaluate import run_evaluate
 from edge_glass.io import atomic_path, write_json
-from edge_glass.train import load_model
+from edge_glass.align import load_model
 
 
 def main(params, args):

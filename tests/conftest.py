@@ -72,7 +72,7 @@ def prepared_lm(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_align(small_features, tmp_path_factory):
     """A tiny align model trained on the small real features: (manifest, features, align dir)."""
-    from edge_glass.train import train
+    from edge_glass.align import train
 
     manifest, features = small_features
     out = tmp_path_factory.mktemp("tiny_align")

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO
 from edge_glass.config import parse_params
-from edge_glass.data import AlignData, drop_tokens, dropout_uniforms, pad_tokens
+from edge_glass.data import FeatureSplit, drop_tokens, dropout_uniforms, pad_tokens
 from edge_glass.features import FeatureStore, read_shard, shard_name
 from edge_glass.keyed_random import splitmix64
 from edge_glass.synthetic import write_synthetic
@@ -60,7 +60,7 @@ def test_memory_mapped_store_equals_in_ram_reads(synthetic):
 
 
 def test_vectorised_batch_equals_per_item_padding(synthetic):
-    data = AlignData(synthetic["features"], synthetic["manifest"], "train")
+    data = FeatureSplit(synthetic["features"], synthetic["manifest"], "train")
     idx = np.random.default_rng(1).choice(len(data), 24, replace=False)
     choice = np.random.default_rng(2).integers(data.caption_counts[idx])
     batch = data.batch(idx, choice)
@@ -84,7 +84,7 @@ def _reference_uniform(seed, step, micro, pos, modality_index, t) -> float:
 
 
 def test_vectorised_token_dropout_equals_per_item_reference(synthetic):
-    data = AlignData(synthetic["features"], synthetic["manifest"], "train")
+    data = FeatureSplit(synthetic["features"], synthetic["manifest"], "train")
     batch = data.batch(np.arange(12))
     positions = np.arange(100, 112)
     dropped = drop_tokens(batch, positions, 0.3, seed=0, step=5, micro=1)
@@ -103,11 +103,11 @@ def test_vectorised_token_dropout_equals_per_item_reference(synthetic):
 
 
 def test_initial_model_does_not_depend_on_thread_count(synthetic):
-    from edge_glass.train import build_model
+    from edge_glass.align import build_model
 
     params = parse_params(shipped_params())
-    data = AlignData(synthetic["features"], synthetic["manifest"], "train")
-    val = AlignData(synthetic["features"], synthetic["manifest"], "val")
+    data = FeatureSplit(synthetic["features"], synthetic["manifest"], "train")
+    val = FeatureSplit(synthetic["features"], synthetic["manifest"], "val")
     threads = torch.get_num_threads()
     states = []
     try:
@@ -149,8 +149,8 @@ def test_two_processes_match_one_with_the_shipped_params(synthetic, tmp_path):
 
 RSS_PROBE = """
 import sys, numpy as np
-from edge_glass.data import AlignData
-data = AlignData(sys.argv[1] + "/features", sys.argv[1] + "/download/manifest.parquet", "train")
+from edge_glass.data import FeatureSplit
+data = FeatureSplit(sys.argv[1] + "/features", sys.argv[1] + "/download/manifest.parquet", "train")
 for start in range(0, len(data), 64):  # touch every item's features once
     data.batch(np.arange(start, min(start + 64, len(data))))
 print([int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("RssAnon:")][0])
@@ -175,16 +175,16 @@ def test_align_memory_stays_flat_as_items_grow(tmp_path):
 def test_cuda_training_step_and_evaluation(synthetic):
     from edge_glass.distributed import DistInfo
     from edge_glass.evaluate import trained_recalls
-    from edge_glass.train import build_model, make_optimizer, train_step
+    from edge_glass.align import build_model, make_optimizer, train_step
 
     params = parse_params(shipped_params())
-    data = AlignData(synthetic["features"], synthetic["manifest"], "train")
+    data = FeatureSplit(synthetic["features"], synthetic["manifest"], "train")
     info = DistInfo(0, 1, torch.device("cuda"))
     model = build_model(params.align, data, params.seed).to(info.device)
     opt = make_optimizer(model, params.align)
     logged = train_step(model, opt, data, 0, params, info)
     assert np.isfinite(logged["loss"])
-    recalls = trained_recalls(model.eval(), AlignData(synthetic["features"], synthetic["manifest"], "val"), params)
+    recalls = trained_recalls(model.eval(), FeatureSplit(synthetic["features"], synthetic["manifest"], "val"), params)
     assert 0 <= recalls[256]["image_to_text"]["R@1"] <= 1
 
 

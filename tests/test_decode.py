@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO
 from edge_glass.config import GenerateParams, LMParams, TRMParams, parse_params
-from edge_glass.data import AlignData
+from edge_glass.data import FeatureSplit
 from edge_glass.decode import build_decoder, caption_batch, parameter_counts, train_decoder
 from edge_glass.decoders.base import CaptionDecoder
 from edge_glass.decoders.conditioning import aligned_conditioning
@@ -20,7 +20,7 @@ from edge_glass.decoders.lora_lm import LoraLMDecoder
 from edge_glass.decoders.trm import TRMDecoder
 from edge_glass.generate import generate
 from edge_glass.lm import load_lm
-from edge_glass.train import load_model
+from edge_glass.align import load_model
 
 
 def _params(kind="lora_lm", **train):
@@ -33,7 +33,7 @@ def _params(kind="lora_lm", **train):
 @pytest.fixture(scope="module")
 def conditioned(tiny_align):
     manifest, features, align_dir = tiny_align
-    data = AlignData(features, manifest, "train")
+    data = FeatureSplit(features, manifest, "train")
     return data, aligned_conditioning(load_model(align_dir), data, prefix_tokens=2)
 
 

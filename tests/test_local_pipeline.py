@@ -20,7 +20,7 @@ from helpers.local_data import CLOTHO_CAPTIONS, write_all
 def test_every_format_runs_through_align_and_evaluate(tmp_path):
     from edge_glass.evaluate import run_evaluate
     from edge_glass.preprocess import run_preprocess
-    from edge_glass.train import load_model, train
+    from edge_glass.align import load_model, train
 
     raw = {"seed": 0, "download": {"sources": [], "local": write_all(tmp_path / "raw", 12)},
            "preprocess": {"shard_size": 16, "vision": {"batch_size": 16}, "audio": {"batch_size": 8}},

@@ -22,7 +22,7 @@ from edge_glass.config import ParamsError, parse_params
 from edge_glass.download import build_manifest
 from edge_glass.manifest import media_ref, read_manifest
 from edge_glass.sources.base import DataError
-from helpers.local_data import CLOTHO_CAPTIONS, write_all
+from helpers.local_data import write_all
 
 N = 12
 

@@ -3,7 +3,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from edge_glass.models.mrl import MRLHead, mrl_embeddings, mrl_info_nce, symmetric_info_nce
+from edge_glass.loss import mrl_info_nce, symmetric_info_nce
+from edge_glass.models.mrl import MRLHead, mrl_embeddings
 
 
 def test_mrl_loss_is_the_weighted_sum_of_per_dim_losses():

@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY_ALIGN
 from edge_glass.config import parse_params
-from edge_glass.data import AlignData, global_batch
+from edge_glass.data import FeatureSplit, global_batch
 from edge_glass.evaluate import run_evaluate
-from edge_glass.train import load_model, lr_at, train
+from edge_glass.align import load_model, train
+from edge_glass.loop import lr_at
 
 
 def _params(**align):
@@ -108,9 +109,9 @@ def test_two_gloo_processes_match_one_at_equal_global_batch(small_features, tmp_
 
 
 def _initial_text_weight(params, features, manifest):
-    from edge_glass.train import build_model
+    from edge_glass.align import build_model
 
-    return build_model(params.align, AlignData(features, manifest, "train"), params.seed).state_dict()["heads.text.net.1.weight"]
+    return build_model(params.align, FeatureSplit(features, manifest, "train"), params.seed).state_dict()["heads.text.net.1.weight"]
 
 
 def test_two_nodes_rendezvous_over_c10d_match_one_process(small_features, tmp_path):

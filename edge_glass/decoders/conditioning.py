@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from edge_glass.data import AlignData
-from edge_glass.models.align import MEDIA, AlignModel
+from edge_glass.data import FeatureSplit
+from edge_glass.models.aligner import MEDIA, AlignModel
 
 
 @dataclass
@@ -37,7 +37,7 @@ def pool_latents(latents: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def aligned_conditioning(model: AlignModel, data: AlignData, prefix_tokens: int, batch_size: int = 256) -> Conditioning:
+def aligned_conditioning(model: AlignModel, data: FeatureSplit, prefix_tokens: int, batch_size: int = 256) -> Conditioning:
     """Run the frozen align model once over ``data``: fused latents where an item has image and audio,
     else the latents of the medium it has; the embedding of the same (fused or single) branch."""
     model.eval()

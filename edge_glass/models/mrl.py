@@ -42,24 +42,6 @@ def mrl_embeddings(z: torch.Tensor, dims: list[int]) -> dict[int, torch.Tensor]:
     return {d: F.normalize(z[..., :d], dim=-1) for d in dims}
 
 
-def symmetric_info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """CLIP loss: row i of ``a`` matches row i of ``b``; mean of a->b and b->a cross-entropies."""
-    logits = logit_scale * a @ b.t()
-    target = torch.arange(a.shape[0], device=a.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
-
-
-def mrl_info_nce(
-    a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, dims: list[int], weights: list[float] | None = None
-) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Weighted sum over dims of the InfoNCE loss on normalised prefixes; also returns each dim's loss."""
-    weights = weights or [1.0] * len(dims)
-    per_dim = {
-        d: symmetric_info_nce(F.normalize(a[:, :d], dim=-1), F.normalize(b[:, :d], dim=-1), logit_scale) for d in dims
-    }
-    return sum(w * per_dim[d] for w, d in zip(weights, dims)), per_dim
-
-
 class MomentAccumulator:
     """Streaming float64 sums (n, sum x, sum x x^T) over row chunks: memory O(d^2), not O(n d).
 
