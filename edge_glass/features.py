@@ -165,7 +165,7 @@ class FeatureStore:
         lengths = np.where(present, self.n_tokens[np.maximum(rows, 0)], 0)
         length = max(int(lengths.max(initial=0)), 1, pad_to or 0)
         dim = self.dims[0]
-        out = np.zeros((len(rows), length, dim), dtype=np.float32)
+        out = np.zeros((len(rows) * length, dim), dtype=np.float32)  # rows of (item, token), reshaped below
         mask = np.arange(length)[None, :] < lengths[:, None]
         for k in np.unique(self.shard_of[rows[present]]):
             sel = np.flatnonzero(present & (self.shard_of[np.maximum(rows, 0)] == k))
@@ -173,8 +173,8 @@ class FeatureStore:
             starts = view.offsets[self.row_of[rows[sel]]]
             n = lengths[sel]
             within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-            flat = np.repeat(starts, n) + within
-            out[np.repeat(sel, n), within] = view.tokens[flat]
+            out[np.repeat(sel * length, n) + within] = view.tokens[np.repeat(starts, n) + within]
+        out = out.reshape(len(rows), length, dim)
         return out, mask
 
     def gather_pooled(self, rows: np.ndarray) -> np.ndarray:

@@ -33,14 +33,18 @@ def _projections(seed: int) -> dict[str, np.ndarray]:
 
 
 def write_synthetic(out: str | Path, n: int, *, seed: int = 0, shard_size: int = 512, captions_per_item: int = 2,
-                    modalities: tuple[str, ...] = ("image", "audio"), noise: float = 1.0, split=(0.8, 0.1)) -> dict:
+                    modalities: tuple[str, ...] = ("image", "audio"), noise: float = 8.0, item_scale: float = 0.3, split=(0.8, 0.1)) -> dict:
     """Write N synthetic items; returns {"manifest": path, "features": path}."""
     out = Path(out)
     proj = _projections(seed)
     ids = [f"synthetic/{i:07d}" for i in range(n)]
 
-    def hidden(rows: np.ndarray) -> np.ndarray:  # each item's hidden vector: a pure function of (seed, row)
-        return np.stack([np.random.default_rng([seed, int(r)]).standard_normal(LATENT) for r in rows]).astype(np.float32)
+    def hidden(rows: np.ndarray) -> np.ndarray:
+        """Each item's hidden vector, a pure function of (seed, row): a concept shared by 4 items plus a smaller
+        part of its own, so retrieval is learnable but not trivial (R@1 well below 1 at the start)."""
+        concept = np.stack([np.random.default_rng([seed, 1, int(r) // 4]).standard_normal(LATENT) for r in rows])
+        own = np.stack([np.random.default_rng([seed, 2, int(r)]).standard_normal(LATENT) for r in rows])
+        return (concept + item_scale * own).astype(np.float32)
 
     encoders = {}
     for m in (*modalities, "text"):

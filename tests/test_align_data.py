@@ -199,3 +199,17 @@ def test_device_rule_names_the_key():
             resolve_device("cuda", "align.device")
     assert resolve_precision("auto", torch.device("cpu")) == torch.float32
     assert resolve_precision("auto", torch.device("cuda", 0)) == torch.bfloat16
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu_smoke.sh is the device check; CI runs it with --device cpu at tiny sizes."""
+    env = {**os.environ, "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out")}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_smoke.sh"), "--device", "cpu", "--items", "300",
+                           "--bench-items", "300", "--steps", "4", "--bench-steps", "2", "--batch", "32"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "smoke_align_evaluate device=cpu" in proc.stdout
+    bench = [line for line in proc.stdout.splitlines() if line.startswith("align_bench ")]
+    assert [b.split("pool=")[1].split()[0] for b in bench] == ["mean", "perceiver"]
+    assert json.loads((tmp_path / "out" / "retrieval.json").read_text())["trained"]["image_to_text"]["R@1"] >= 0

@@ -70,8 +70,11 @@ class AlignModel(nn.Module):
         init = math.log(1 / cfg.loss.temperature_init)
         self.logit_scale = nn.Parameter(torch.tensor(init), requires_grad=cfg.loss.learnable_temperature)
 
-    def latents(self, modality: str, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.resamplers[modality](tokens, mask)
+    def latents(self, modality: str, tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        resampler = self.resamplers[modality]
+        if isinstance(resampler, MeanPool):
+            return resampler(tokens, mask, pooled)
+        return resampler(tokens, mask)
 
     def forward(self, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """modality -> (z (b, projection_dim) with zero rows where absent, present (b,))."""
@@ -81,11 +84,15 @@ class AlignModel(nn.Module):
             idx = batch.present[m].nonzero().squeeze(1)
             rows = None
             if len(idx):
-                tokens, mask = batch.tokens[m][idx], batch.masks[m][idx]
-                lat[m] = self.latents(m, tokens, mask)
+                if len(idx) == b:  # every item has the medium: no copy
+                    tokens, mask = batch.tokens[m], batch.masks[m]
+                else:
+                    tokens, mask = batch.tokens[m][idx], batch.masks[m][idx]
+                mean_token = masked_mean(tokens, mask)  # shared by the mean-pool resampler and the linear path
+                lat[m] = self.latents(m, tokens, mask, mean_token)
                 rows = self.heads[m](lat[m].mean(dim=1), _rows(batch, idx), batch.noise_key)
                 if self.linear is not None:
-                    lin[m] = self.linear[m](masked_mean(tokens, mask))
+                    lin[m] = self.linear[m](mean_token)
                     rows = rows + lin[m]
             out[m] = (self._scatter(b, idx, rows), batch.present[m])
         if self.has_fusion:
@@ -123,5 +130,6 @@ def _rows(batch: Batch, idx: torch.Tensor):
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(b, n, d) tokens, (b, n) mask -> (b, d) mean over real tokens."""
-    w = mask.unsqueeze(-1).to(tokens.dtype)
-    return (tokens * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
+    w = mask.to(tokens.dtype)
+    # one batched matmul, no (b, n, d) temporary
+    return torch.bmm(w.unsqueeze(1), tokens).squeeze(1) / w.sum(dim=1, keepdim=True).clamp(min=1)

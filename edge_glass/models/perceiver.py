@@ -87,9 +87,11 @@ class MeanPool(nn.Module):
         self.proj_in = nn.Linear(in_dim, dim)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.proj_in(tokens)
-        if mask is None:
-            return self.norm(x.mean(dim=1, keepdim=True))
-        w = mask.unsqueeze(-1).to(x.dtype)
-        return self.norm((x * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp(min=1))
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """(b, 1, dim). The projection is affine, so it is applied to the masked mean token rather than to
+        every token (the same result, n times fewer FLOPs); ``pooled``: that mean if the caller has it."""
+        if pooled is None:
+            w = torch.ones(tokens.shape[:2], device=tokens.device) if mask is None else mask
+            w = w.unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
+        return self.norm(self.proj_in(pooled)).unsqueeze(1)
