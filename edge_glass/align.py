@@ -67,10 +67,31 @@ def pooled_and_targets(model: AlignModel, data: FeatureSplit, modality: str, chu
 
 
 @torch.no_grad()
+def retrieval_score(model: AlignModel, val: FeatureSplit, modality: str):
+    """Scorer of mapped val media embeddings: mean of media->text and text->media R@1 against every val
+    caption, the score that selects checkpoints and that evaluation reports (not top-1 against the mean
+    caption, which prefers too weak a ridge: image 100 instead of 1000 on the default data)."""
+    from edge_glass.retrieval import recall_at_k
+
+    idx = np.flatnonzero(val.has(modality))
+    feats, owner = val.caption_features(idx)
+    captions = torch.nn.functional.normalize(model.heads["text"](feats).float(), dim=-1)
+
+    def score(mapped: torch.Tensor) -> float:
+        media = torch.nn.functional.normalize(mapped.float(), dim=-1)
+        m2t = recall_at_k(media, idx, captions, owner, [1], 1024)[1]
+        t2m = recall_at_k(captions, owner, media, idx, [1], 1024)[1]
+        return (m2t + t2m) / 2
+
+    return score
+
+
+@torch.no_grad()
 def init_linear_path(model: AlignModel, data: FeatureSplit, val: FeatureSplit | None) -> dict[str, float]:
     """Set each medium's linear path to the ridge map from its mean token to its captions' text embedding.
 
-    Train statistics are streamed (float64 sums); the ridge is chosen on val, which is held in memory."""
+    Train statistics are streamed (float64 sums); the ridge is chosen on val (held in memory) by
+    :func:`retrieval_score`. The text head runs in eval mode (no dropout noise in the targets)."""
     chosen = {}
     was_training = model.training
     model.eval()  # the text head's dropout must not enter the targets
@@ -82,7 +103,8 @@ def init_linear_path(model: AlignModel, data: FeatureSplit, val: FeatureSplit | 
         if val is not None and val.has(m).any():
             parts = list(pooled_and_targets(model, val, m))
             xv, yv = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        weight, bias, chosen[m] = fit_ridge_streaming(stats, xv, yv)
+        score = retrieval_score(model, val, m) if xv is not None else None
+        weight, bias, chosen[m] = fit_ridge_streaming(stats, xv, yv, score=score)
         model.linear[m].weight.copy_(weight.t().float())
         model.linear[m].bias.copy_(bias.float())
     model.train(was_training)

@@ -67,13 +67,16 @@ class RidgeStats:
 
 
 def fit_ridge_streaming(stats: RidgeStats, x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
-                        default_ridge: float = 100.0) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """:func:`fit_standardised_ridge` from streamed statistics: (weight (in, out), bias, chosen ridge)."""
+                        default_ridge: float = 100.0, score=None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """:func:`fit_standardised_ridge` from streamed statistics: (weight (in, out), bias, chosen ridge).
+
+    The ridge with the best val ``score(mapped val x)`` wins (default: top-1 against ``y_val``)."""
     mu, sd = stats.standardisation()
     maps = {r: stats.solve(r) for r in RIDGE_GRID}
     if x_val is not None and len(x_val) > 1:
         xv = (x_val.double() - mu) / sd
-        best = max(RIDGE_GRID, key=lambda r: top1_accuracy(apply_map(maps[r], xv), y_val.double()))
+        score = score or (lambda mapped: top1_accuracy(mapped, y_val.double()))
+        best = max(RIDGE_GRID, key=lambda r: score(apply_map(maps[r], xv)))
     else:
         best = default_ridge if default_ridge in maps else RIDGE_GRID[-1]
         maps.setdefault(best, stats.solve(best))
