@@ -9,6 +9,7 @@ the number of items beyond those arrays.
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +68,9 @@ class FeatureSplit:
     def caption_counts(self) -> np.ndarray:
         return np.diff(self.caption_offsets)
 
-    @property
+    @cached_property
     def caption_texts(self) -> list[list[str]]:
-        """Each item's caption strings, in the order of its caption features."""
+        """Each item's caption strings, in the order of its caption features (built once, on first use)."""
         return [[str(caps[k]) for k in self.caption_k[self.caption_offsets[i]:self.caption_offsets[i + 1]]]
                 for i, caps in enumerate(self._manifest_captions)]
 

@@ -68,9 +68,10 @@ class RidgeStats:
 
 def fit_ridge_streaming(stats: RidgeStats, x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
                         default_ridge: float = 100.0, score=None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """:func:`fit_standardised_ridge` from streamed statistics: (weight (in, out), bias, chosen ridge).
+    """Fit y ~ x on standardised x for every ridge in RIDGE_GRID from streamed statistics; keep the ridge
+    with the best val ``score(mapped val x)`` (default: top-1 against ``y_val``), else ``default_ridge``.
 
-    The ridge with the best val ``score(mapped val x)`` wins (default: top-1 against ``y_val``)."""
+    Returns (weight (in, out), bias (out,)) acting on raw x, and the chosen ridge."""
     mu, sd = stats.standardisation()
     maps = {r: stats.solve(r) for r in RIDGE_GRID}
     if x_val is not None and len(x_val) > 1:
@@ -80,28 +81,6 @@ def fit_ridge_streaming(stats: RidgeStats, x_val: torch.Tensor | None = None, y_
     else:
         best = default_ridge if default_ridge in maps else RIDGE_GRID[-1]
         maps.setdefault(best, stats.solve(best))
-    w = maps[best]
-    weight = w[:-1] / sd[:, None]
-    bias = w[-1] - (mu / sd) @ w[:-1]
-    return weight, bias, best
-
-
-def fit_standardised_ridge(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor | None = None,
-                           y_val: torch.Tensor | None = None, default_ridge: float = 100.0
-                           ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Fit y ~ x on standardised x for every ridge in RIDGE_GRID; keep the best val top-1.
-
-    Returns (weight (in, out), bias (out,)) acting on raw x, and the chosen ridge.
-    """
-    x_train, y_train = x_train.double(), y_train.double()
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
-    maps = {r: ridge_map((x_train - mu) / sd, y_train, r) for r in RIDGE_GRID}
-    if x_val is not None and len(x_val) > 1:
-        xv = (x_val.double() - mu) / sd
-        best = max(RIDGE_GRID, key=lambda r: top1_accuracy(apply_map(maps[r], xv), y_val.double()))
-    else:
-        best = default_ridge if default_ridge in maps else RIDGE_GRID[-1]
-        maps.setdefault(best, ridge_map((x_train - mu) / sd, y_train, best))
     w = maps[best]
     weight = w[:-1] / sd[:, None]
     bias = w[-1] - (mu / sd) @ w[:-1]
