@@ -60,7 +60,8 @@ def parameter_counts(decoder: CaptionDecoder) -> dict[str, int]:
 def decode_fingerprint(params: Params, align_dir: Path, lm_dir: Path) -> str:
     """What a decode checkpoint must match: decode params, seed, align model, LM weights and code."""
     pkg = Path(__file__).parent
-    code = files_fingerprint([*pkg.glob("decoders/*.py"), pkg / "decode.py", pkg / "lm.py"])
+    code = files_fingerprint([*pkg.glob("decoders/*.py"), pkg / "decode.py", pkg / "lm.py", pkg / "data.py",
+                              pkg / "features.py", pkg / "loop.py", pkg / "checkpoints.py"])
     lm = sha256_file(lm_dir / "edge_glass.json") if (lm_dir / "edge_glass.json").exists() else params.decode.lm.model
     return sha256_text(json.dumps({"decode": params.decode.model_dump(exclude={"generate", "split"}), "seed": params.seed,
                                    "align": sha256_file(align_dir / "model.safetensors"), "lm": lm, "code": code},
