@@ -80,10 +80,6 @@ def encode_audio(wav: np.ndarray, sample_rate: int, fmt: str = "flac") -> bytes:
     return buf.getvalue()
 
 
-def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int) -> None:
-    sf.write(str(path), wav, sample_rate, subtype="PCM_16")
-
-
 def _draft_scale(pixels: int, max_pixels: int) -> int | None:
     """Smallest JPEG DCT scale (1, 2, 4, 8) that brings ``pixels`` under ``max_pixels``; None if none does."""
     for scale in (1, 2, 4, 8):
