@@ -64,10 +64,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     params = dict(model.named_parameters())
     for name, p in params.items():
         if f"optim.{name}.exp_avg" in tensors:
-            opt.state[p] = {
+            opt.state[p] = {  # moments live beside their parameter (GPU); AdamW keeps ``step`` on the CPU
                 "step": tensors[f"optim.{name}.step"].reshape(()).clone(),
-                "exp_avg": tensors[f"optim.{name}.exp_avg"].clone(),
-                "exp_avg_sq": tensors[f"optim.{name}.exp_avg_sq"].clone(),
+                "exp_avg": tensors[f"optim.{name}.exp_avg"].to(p.device, copy=True),
+                "exp_avg_sq": tensors[f"optim.{name}.exp_avg_sq"].to(p.device, copy=True),
             }
     return meta["step"], meta["history"]
 

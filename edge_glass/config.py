@@ -12,6 +12,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+# One device rule for every stage (edge_glass.device): auto = this process's GPU when CUDA is present
+DeviceSpec = Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")]
+# autocast dtype; auto = bf16 on CUDA, fp32 (no autocast) on the CPU
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
 class ParamsError(ValueError):
     """A params.yaml value is unknown, of the wrong type or out of range."""
 
@@ -190,7 +196,8 @@ class DownloadParams(Strict):
 
 
 class VisionEncoderParams(Strict):
-    backend: Literal["efficientnet_lite0", "open_clip"] = "efficientnet_lite0"
+    backend: Literal["efficientnet_lite0", "open_clip"] = "efficientnet_lite0"  # registry ENCODERS
+    weights: Literal["pretrained", "random"] = "pretrained"  # random: architecture only (smoke tests, throughput)
     open_clip_model: str = "ViT-B-32"
     open_clip_pretrained: str = "openai"
     image_size: int = Field(224, ge=32, le=1024)
@@ -198,6 +205,7 @@ class VisionEncoderParams(Strict):
 
 
 class AudioEncoderParams(Strict):
+    backend: Literal["whisper"] = "whisper"  # registry ENCODERS
     model: str = "whisper-tiny.en"
     trim_to_length: bool = True
     token_pool: int = Field(2, ge=1, le=16)
@@ -205,6 +213,7 @@ class AudioEncoderParams(Strict):
 
 
 class TextEncoderParams(Strict):
+    backend: Literal["sentence_transformers"] = "sentence_transformers"  # registry ENCODERS
     model: str = "all-MiniLM-L6-v2"
     max_length: int = Field(64, ge=4, le=512)
     batch_size: int = Field(128, ge=1)
@@ -216,6 +225,9 @@ class PreprocessParams(Strict):
     shard_size: int = Field(512, ge=1)
     num_threads: Optional[int] = Field(None, ge=1)
     nproc_per_node: int = Field(1, ge=1)  # torchrun processes; each writes its own shards
+    device: DeviceSpec = "auto"  # encoders run here (auto: the rank's own GPU, else the CPU)
+    precision: Precision = "auto"  # encoder autocast
+    num_workers: int = Field(0, ge=0)  # media-decoding processes (0: one thread of the main process)
     vision: VisionEncoderParams = VisionEncoderParams()
     audio: AudioEncoderParams = AudioEncoderParams()
     text: TextEncoderParams = TextEncoderParams()
@@ -272,7 +284,7 @@ class TrainParams(OptimizerParams):
     eval_every: int = Field(20, ge=1)
     nproc_per_node: int = Field(1, ge=1)
     select: Literal["best_val", "last"] = "best_val"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
+    precision: Precision = "auto"
 
 
 class LossParams(Strict):
@@ -284,7 +296,7 @@ class LossParams(Strict):
 
 
 class AlignParams(Strict):
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")  # auto: the rank's own GPU, else the CPU
+    device: DeviceSpec = "auto"  # auto: the rank's own GPU, else the CPU
     dim: int = Field(128, ge=8)
     projection_dim: int = Field(256, ge=1)
     text_head: Literal["mlp", "linear", "pca"] = "mlp"
@@ -343,14 +355,18 @@ class TRMParams(Strict):
 class GenerateParams(Strict):
     strategy: Literal["greedy", "beam", "nucleus"] = "greedy"
     num_beams: int = Field(3, ge=1)
+    length_penalty: float = 1.0  # beam: finished hypotheses ranked by sum log p / length**length_penalty
     top_p: float = Field(0.9, gt=0, le=1)
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(16, ge=1)
+    min_new_tokens: int = Field(0, ge=0)  # EOS is not allowed before this many tokens
     batch_size: int = Field(64, ge=1)
 
 
 class DecodeParams(Strict):
     kind: Literal["lora_lm", "trm"] = "lora_lm"
+    device: DeviceSpec = "auto"  # decoder training and generation
+    precision: Precision = "auto"  # autocast of the LM / TRM
     prefix_tokens: int = Field(4, ge=1)  # aligned latents pooled to this many prefix tokens
     max_caption_tokens: int = Field(24, ge=2)
     split: Literal["train", "val", "test"] = "test"
@@ -362,6 +378,7 @@ class DecodeParams(Strict):
 
 class EvaluateParams(Strict):
     split: Literal["train", "val", "test"] = "test"
+    device: DeviceSpec = "auto"  # embedding and similarity chunks
     recall_k: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     chunk_size: int = Field(1024, ge=1)
     baseline_ridge: float = Field(100.0, ge=0)  # used when there is no val split to choose it

@@ -14,6 +14,8 @@ from edge_glass.config import Params
 from edge_glass.data import FeatureSplit, global_batch
 from edge_glass.decoders.base import CaptionDecoder
 from edge_glass.decoders.conditioning import Conditioning, aligned_conditioning
+from edge_glass.decoders.registry import build_decoder as registry_build
+from edge_glass.device import autocast, resolve_precision, stage_device
 from edge_glass.generate import generate
 from edge_glass.io import atomic_path, files_fingerprint, sha256_file, sha256_text, write_json
 from edge_glass.align import load_model
@@ -22,33 +24,10 @@ from edge_glass.loop import run_loop, set_lr
 log = logging.getLogger(__name__)
 
 
-def build_decoder(params: Params, cond: Conditioning, lm_dir: str | Path, captions: list[str] | None = None) -> CaptionDecoder:
-    """The decoder named by ``decode.kind``; seeded so every run starts from the same weights.
-
-    ``captions`` (the training captions) set the TRM's closed vocabulary when ``trm.vocab: caption``.
-    """
-    from edge_glass.lm import load_lm
-
-    dc = params.decode
-    latent_dim, embedding_dim = cond.latents.shape[-1], cond.embedding.shape[-1]
-    lm, tokenizer = load_lm(dc.lm, lm_dir) if dc.kind == "lora_lm" else (None, None)
-    torch.manual_seed(params.seed)
-    if dc.kind == "lora_lm":
-        from edge_glass.decoders.lora_lm import LoraLMDecoder
-
-        return LoraLMDecoder(lm, tokenizer, dc.lm, latent_dim, embedding_dim)
-    from transformers import AutoTokenizer
-
-    from edge_glass.decoders.trm import TRMDecoder
-    from edge_glass.lm import resolve_lm
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_lm(dc.lm.model, lm_dir))
-    vocabulary = None
-    if dc.trm.vocab == "caption":
-        if not captions:
-            raise ValueError("decode.trm.vocab=caption needs the training captions")
-        vocabulary = sorted({i for c in captions for i in tokenizer(c, add_special_tokens=False)["input_ids"]})
-    return TRMDecoder(tokenizer, dc.trm, latent_dim, embedding_dim, vocabulary)
+def build_decoder(params: Params, cond: Conditioning, lm_dir: str | Path, captions: list[str] | None = None,
+                  device: torch.device | str = "cpu") -> CaptionDecoder:
+    """The decoder named by ``decode.kind`` (registry ``DECODERS``), sized for ``cond``, on ``device``."""
+    return registry_build(params, cond.latents.shape[-1], cond.embedding.shape[-1], lm_dir, captions, device)
 
 
 def parameter_counts(decoder: CaptionDecoder) -> dict[str, int]:
@@ -69,17 +48,20 @@ def decode_fingerprint(params: Params, align_dir: Path, lm_dir: Path) -> str:
 
 
 def caption_batch(decoder: CaptionDecoder, data: FeatureSplit, cond: Conditioning, step: int, params: Params):
+    """Step ``step``'s items (conditioning rows) and one caption each, on the conditioning's device."""
     t = params.decode.train
     idx, choice = global_batch(step, 0, 1, t.batch_size, len(data), params.seed, data.caption_counts)
     ids, mask = decoder.encode_captions([data.caption_texts[i][k] for i, k in zip(idx, choice)],
                                         params.decode.max_caption_tokens)
-    return cond.select(idx), ids, mask
+    device = cond.latents.device
+    return cond.select(idx), ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
 
 def train_decoder(params: Params, decoder: CaptionDecoder, data: FeatureSplit, cond: Conditioning, out_dir: Path,
                   fingerprint: str, live_dir: str | Path | None) -> dict:
     """AdamW with warmup + cosine on the trainable parameters, in the shared loop (checkpoints, resume)."""
     t = params.decode.train
+    precision = resolve_precision(params.decode.precision, cond.latents.device)
     trainable = [p for p in decoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
     decoder.train()
@@ -90,7 +72,8 @@ def train_decoder(params: Params, decoder: CaptionDecoder, data: FeatureSplit, c
         torch.manual_seed(params.seed * 1_000_003 + step)  # LoRA / TRM dropout: the same draws after a resume
         lr = set_lr(opt, step, t)
         c, ids, mask = caption_batch(decoder, data, cond, step, params)
-        loss = decoder.loss(c, ids, mask)
+        with autocast(cond.latents.device, precision):
+            loss = decoder.loss(c, ids, mask)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, t.clip_grad)) if t.clip_grad else float("nan")
         opt.step()
@@ -112,19 +95,23 @@ def run_decode(params: Params, features_dir: str | Path, manifest: str | Path, a
     dc = params.decode
     if dc.train.num_threads:
         torch.set_num_threads(dc.train.num_threads)
+    device = stage_device(dc.device, "decode.device")
     features_dir, align_dir, lm_dir, out_dir = map(Path, (features_dir, align_dir, lm_dir, out_dir))
-    align = load_model(align_dir).requires_grad_(False)
+    align = load_model(align_dir).requires_grad_(False).to(device)
     train_data = FeatureSplit(features_dir, manifest, "train")
     eval_data = FeatureSplit(features_dir, manifest, dc.split)
     train_cond = aligned_conditioning(align, train_data, dc.prefix_tokens)
     eval_cond = aligned_conditioning(align, eval_data, dc.prefix_tokens)
-    decoder = build_decoder(params, train_cond, lm_dir, [c for caps in train_data.caption_texts for c in caps])
+    del align
+    decoder = build_decoder(params, train_cond, lm_dir, [c for caps in train_data.caption_texts for c in caps], device)
+    log.info("decoder on %s, precision %s", device, dc.precision)
     counts = parameter_counts(decoder)
     log.info("%s decoder: %s trainable of %s parameters", dc.kind, f"{counts['trainable']:,}", f"{counts['total']:,}")
     summary = train_decoder(params, decoder, train_data, train_cond, out_dir, decode_fingerprint(params, align_dir, lm_dir),
                             live_dir)
     t0 = time.perf_counter()
-    captions = generate(decoder, eval_cond, dc.generate, seed=params.seed)
+    with autocast(device, resolve_precision(dc.precision, device)):
+        captions = generate(decoder, eval_cond, dc.generate, seed=params.seed)
     seconds = time.perf_counter() - t0
     generated_tokens = sum(len(decoder.tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in captions)
     frame = pd.DataFrame({"item_id": eval_data.item_ids, "generated": captions,

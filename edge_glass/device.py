@@ -1,4 +1,4 @@
-"""One device rule for every stage: ``device: auto|cpu|cuda|cuda:N`` and ``precision: auto|fp32|bf16``.
+"""One device rule for every stage: ``device: auto|cpu|cuda|cuda:N`` and ``precision: auto|fp32|bf16|fp16``.
 
 ``auto`` is the process's own GPU when CUDA is available (``cuda:LOCAL_RANK`` under torchrun), else
 the CPU; ``precision: auto`` is bf16 autocast on CUDA and fp32 on the CPU. Asking for CUDA where there
@@ -35,14 +35,16 @@ def resolve_device(spec: str, key: str = "device") -> torch.device:
 
 
 def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: bf16 (on CUDA only when asked or auto) or fp32 (no autocast)."""
+    """The autocast dtype: bf16 or fp16 when asked (auto: bf16 on CUDA), else fp32 (no autocast)."""
+    if spec == "fp16":
+        return torch.float16
     if spec == "bf16" or (spec == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return torch.float32
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
-    """bf16 autocast on ``device`` when ``dtype`` is bf16; a no-op context otherwise."""
+    """Autocast to ``dtype`` on ``device`` (bf16/fp16); a no-op context for fp32."""
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -53,3 +55,10 @@ def enable_fast_matmul(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def stage_device(spec: str, key: str) -> torch.device:
+    """``resolve_device`` plus TF32 matmuls on CUDA: what every stage calls once at its start."""
+    device = resolve_device(spec, key)
+    enable_fast_matmul(device)
+    return device

@@ -60,11 +60,13 @@ def media_text_recalls(media: tuple[torch.Tensor, list], text: tuple[torch.Tenso
 
 
 def trained_recalls(model: AlignModel, data: FeatureSplit, params: Params, dims: list[int] | None = None) -> dict[int, dict]:
+    """Recall@K per MRL dim; embeddings and similarity chunks on the model's device."""
     emb = embed_split(model, data)
+    device = model_device(model)
     ev = params.evaluate
     by_dim = {}
     for d in dims or model.cfg.mrl.dims:
-        norm = {m: (F.normalize(z[:, :d], dim=-1), o) for m, (z, o) in emb.items()}
+        norm = {m: (F.normalize(z[:, :d], dim=-1).to(device), o) for m, (z, o) in emb.items()}
         res = {}
         for m in ("image", "audio", "fused"):
             if m in norm and len(norm[m][1]):
@@ -122,6 +124,10 @@ def baseline_recalls(features_dir: Path, manifest: pd.DataFrame, split: str, par
 
 
 def run_evaluate(params: Params, features_dir: str | Path, manifest_path: str | Path, model: AlignModel) -> tuple[dict, pd.DataFrame]:
+    """Retrieval metrics of ``model`` on ``evaluate.split``, on ``evaluate.device``, and the ridge baseline."""
+    from edge_glass.device import stage_device
+
+    model = model.to(stage_device(params.evaluate.device, "evaluate.device"))
     features_dir = Path(features_dir)
     split = params.evaluate.split
     data = FeatureSplit(features_dir, manifest_path, split)

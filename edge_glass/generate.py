@@ -1,47 +1,86 @@
-"""Caption generation for any CaptionDecoder: greedy, beam search and nucleus sampling."""
+"""Caption generation for any CaptionDecoder: greedy, beam search and nucleus sampling.
+
+Every strategy drives a *stepper* (``decoder.stepper(cond)``): ``start()`` gives the logits of the
+first caption token, ``step(tokens)`` appends one token per row and gives the next logits, and
+``select(rows)`` keeps or reorders rows (finished rows leave; beam search reorders). The LoRA LM's
+stepper keeps a KV cache, so a step costs one position instead of the whole prefix + caption.
+``cached=False`` is the reference that the tests and ``benchmarks/decode.py`` compare against: the
+decoder re-run over everything at every step (``UncachedStepper``), every row to the end.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from edge_glass.config import GenerateParams
-from edge_glass.decoders.base import CaptionDecoder
+from edge_glass.decoders.base import CaptionDecoder, UncachedStepper
 from edge_glass.decoders.conditioning import Conditioning
 
 
 @torch.no_grad()
-def generate(decoder: CaptionDecoder, cond: Conditioning, cfg: GenerateParams, seed: int = 0) -> list[str]:
+def generate(decoder: CaptionDecoder, cond: Conditioning, cfg: GenerateParams, seed: int = 0,
+             cached: bool = True) -> list[str]:
     """One caption per conditioning row, in batches of ``cfg.batch_size``; sampling is seeded."""
+    return decoder.decode(generate_ids(decoder, cond, cfg, seed, cached))
+
+
+@torch.no_grad()
+def generate_ids(decoder: CaptionDecoder, cond: Conditioning, cfg: GenerateParams, seed: int = 0,
+                 cached: bool = True) -> list[list[int]]:
+    """Token ids (EOS stripped) of one caption per conditioning row."""
     decoder.eval()
     generator = torch.Generator().manual_seed(seed)
-    texts = []
+    out = []
     for start in range(0, len(cond), cfg.batch_size):
         part = cond.select(list(range(start, min(start + cfg.batch_size, len(cond)))))
+
+        def stepper(c: Conditioning):
+            return decoder.stepper(c) if cached else UncachedStepper(decoder, c)
+
         if cfg.strategy == "beam" and cfg.num_beams > 1:
-            ids = beam_search(decoder, part, cfg.num_beams, cfg.max_new_tokens)
+            out.extend(beam_search(stepper, part, decoder.eos_id, cfg.num_beams, cfg.max_new_tokens, cfg.length_penalty,
+                                   cfg.min_new_tokens))
         else:
-            ids = sample(decoder, part, cfg, generator)
-        texts.extend(decoder.decode(ids))
-    return texts
+            out.extend(sample(stepper(part), len(part), decoder.eos_id, cfg, generator, drop_finished=cached))
+    return out
 
 
-def sample(decoder: CaptionDecoder, cond: Conditioning, cfg: GenerateParams, generator: torch.Generator) -> list[list[int]]:
-    """Greedy (argmax) or nucleus sampling (top_p, temperature) until EOS or ``max_new_tokens``."""
-    b = len(cond)
-    ids = torch.empty(b, 0, dtype=torch.long)
-    done = torch.zeros(b, dtype=torch.bool)
-    for _ in range(cfg.max_new_tokens):
-        logits = decoder.next_logits(cond, ids)
+def sample(stepper, b: int, eos: int, cfg: GenerateParams, generator: torch.Generator,
+           drop_finished: bool = True) -> list[list[int]]:
+    """Greedy (argmax) or nucleus sampling (top_p, temperature) until EOS or ``max_new_tokens``.
+
+    ``drop_finished``: a row that has produced EOS leaves the batch (``stepper.select``), so later
+    steps cost only the rows still generating; captions are mostly shorter than the longest in their
+    batch. ``False`` is the reference loop, where finished rows keep receiving EOS to the end."""
+    logits = stepper.start()
+    device = logits.device
+    ids = torch.full((b, cfg.max_new_tokens), eos, dtype=torch.long, device=device)
+    alive = torch.arange(b, device=device)  # batch rows still generating, in the stepper's row order
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    for t in range(cfg.max_new_tokens):
+        if t < cfg.min_new_tokens:
+            logits = forbid_eos(logits, eos)
         if cfg.strategy == "nucleus":
-            nxt = nucleus_pick(logits / cfg.temperature, cfg.top_p, generator)
+            nxt = nucleus_pick(logits.cpu() / cfg.temperature, cfg.top_p, generator).to(device)
         else:
             nxt = logits.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, decoder.eos_id), nxt)
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        done |= nxt == decoder.eos_id
-        if done.all():
+        nxt = torch.where(done[alive], torch.full_like(nxt, eos), nxt)
+        ids[alive, t] = nxt
+        done[alive] |= nxt == eos
+        if done.all() or t == cfg.max_new_tokens - 1:
             break
-    return [strip_eos(row.tolist(), decoder.eos_id) for row in ids]
+        if drop_finished and bool((nxt == eos).any()):
+            keep = (nxt != eos).nonzero().squeeze(1)
+            stepper.select(keep)
+            alive, nxt = alive[keep], nxt[keep]
+        logits = stepper.step(nxt)
+    return [strip_eos(row.tolist(), eos) for row in ids]
+
+
+def forbid_eos(logits: torch.Tensor, eos: int) -> torch.Tensor:
+    logits = logits.clone()
+    logits[:, eos] = float("-inf")
+    return logits
 
 
 def nucleus_pick(logits: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
@@ -54,33 +93,67 @@ def nucleus_pick(logits: torch.Tensor, top_p: float, generator: torch.Generator)
     return order.gather(-1, choice).squeeze(-1)
 
 
-def beam_search(decoder: CaptionDecoder, cond: Conditioning, num_beams: int, max_new_tokens: int) -> list[list[int]]:
-    """Beam search with length-normalised final scores; finished beams only extend with EOS at no cost."""
-    b, eos = len(cond), decoder.eos_id
-    cond = cond.repeat_interleave(num_beams)
-    ids = torch.empty(b * num_beams, 0, dtype=torch.long)
-    scores = torch.full((b, num_beams), float("-inf"))
+def beam_search(make_stepper, cond: Conditioning, eos: int, num_beams: int, max_new_tokens: int,
+                length_penalty: float = 1.0, min_new_tokens: int = 0) -> list[list[int]]:
+    """Beam search with a separate pool of finished hypotheses, scored ``sum log p / length**length_penalty``.
+
+    ``num_beams`` live beams per row compete on their raw log-prob sums (as in every beam search); a
+    candidate that ends in EOS leaves the live set for the row's finished pool, so finished
+    hypotheses never take a live beam's slot. A row stops when no live beam can still beat its best
+    finished hypothesis (an exact bound: log-probs only fall, lengths are capped at ``max_new_tokens``).
+    Length counts the generated tokens including EOS; ``length_penalty=0`` ranks by raw log-prob.
+    """
+    b, k = len(cond), num_beams
+    stepper = make_stepper(cond.repeat_interleave(k))
+    logp = stepper.start().float().log_softmax(-1)
+    device, vocab = logp.device, logp.shape[-1]
+    scores = torch.full((b, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    lengths = torch.zeros(b, num_beams)
-    done = torch.zeros(b, num_beams, dtype=torch.bool)
-    for _ in range(max_new_tokens):
-        logp = decoder.next_logits(cond, ids).log_softmax(-1).view(b, num_beams, -1)
-        vocab = logp.shape[-1]
-        frozen = torch.full_like(logp, float("-inf"))
-        frozen[..., eos] = 0.0
-        logp = torch.where(done[..., None], frozen, logp)
-        top, flat = (scores[..., None] + logp).view(b, -1).topk(num_beams, dim=-1)
-        beam, token = flat // vocab, flat % vocab
-        rows = (torch.arange(b)[:, None] * num_beams + beam).view(-1)
-        ids = torch.cat([ids[rows], token.view(-1, 1)], dim=1)
-        lengths = lengths.gather(1, beam) + (~done.gather(1, beam)).float()
-        done = done.gather(1, beam) | (token == eos)
-        scores = top
-        if done.all():
+    ids = torch.empty(b * k, 0, dtype=torch.long, device=device)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+    active = [True] * b
+    for t in range(max_new_tokens):
+        length = t + 1
+        if t < min_new_tokens:
+            logp = forbid_eos(logp, eos)
+        cand = (scores[..., None] + logp.view(b, k, vocab)).view(b, -1)
+        top, flat = cand.topk(min(2 * k, cand.shape[1]), dim=-1)  # >= k non-EOS among 2k: one EOS per beam
+        top, beam, token = top.tolist(), (flat // vocab).tolist(), (flat % vocab).tolist()
+        new_scores = [[float("-inf")] * k for _ in range(b)]
+        new_beam, new_token = [[0] * k for _ in range(b)], [[eos] * k for _ in range(b)]
+        for i in range(b):
+            if not active[i]:
+                continue
+            live = 0
+            for rank, (score, src, tok) in enumerate(zip(top[i], beam[i], token[i])):
+                if score == float("-inf") or live == k:
+                    break
+                if tok == eos:
+                    if rank < k:  # only EOS candidates that would have made the beam count
+                        finished[i].append((score / length ** length_penalty, ids[i * k + src].tolist()))
+                    continue
+                new_scores[i][live], new_beam[i][live], new_token[i][live] = score, src, tok
+                live += 1
+            if length == max_new_tokens:  # out of length: live beams are hypotheses too
+                finished[i] += [(new_scores[i][j] / length ** length_penalty, ids[i * k + new_beam[i][j]].tolist()
+                                 + [new_token[i][j]]) for j in range(live)]
+            finished[i] = sorted(finished[i], key=lambda h: -h[0])[:k]
+            if not live or length == max_new_tokens:
+                active[i] = False
+            elif finished[i]:
+                best_live = new_scores[i][0]
+                longest = max_new_tokens if length_penalty > 0 else length + 1
+                if finished[i][0][0] >= best_live / longest ** length_penalty:
+                    active[i] = False
+        scores = torch.tensor(new_scores, device=device)
+        rows = (torch.arange(b, device=device)[:, None] * k + torch.tensor(new_beam, device=device)).view(-1)
+        tokens = torch.tensor(new_token, device=device).view(-1)
+        ids = torch.cat([ids[rows], tokens[:, None]], dim=1)
+        if not any(active):
             break
-    best = (scores / lengths.clamp(min=1)).argmax(-1)
-    chosen = ids.view(b, num_beams, -1)[torch.arange(b), best]
-    return [strip_eos(row.tolist(), eos) for row in chosen]
+        stepper.select(rows)
+        logp = stepper.step(tokens).float().log_softmax(-1)
+    return [strip_eos(pool[0][1], eos) for pool in finished]
 
 
 def strip_eos(row: list[int], eos: int) -> list[int]:

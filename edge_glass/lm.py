@@ -67,23 +67,34 @@ def resolve_lm(name: str, prepared_dir: str | Path) -> str:
     return name
 
 
-def load_lm(params: LMParams, prepared_dir: str | Path):
-    """(model, tokenizer) with frozen weights, in float32 or bitsandbytes 8-bit / 4-bit."""
+def load_lm(params: LMParams, prepared_dir: str | Path, device: torch.device | str = "cpu"):
+    """(model, tokenizer) with frozen weights on ``device``: float32, or bitsandbytes 8-bit / 4-bit.
+
+    bitsandbytes places the quantised weights while loading (``device_map``), on the GPU or the CPU;
+    4-bit computes in bf16 on CUDA (its kernels' native dtype) and float32 on the CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+    device = torch.device(device)
     path = resolve_lm(params.model, prepared_dir)
     kwargs = {"dtype": torch.float32}
     if params.quantization == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     elif params.quantization == "4bit":
+        compute = torch.bfloat16 if device.type == "cuda" else torch.float32
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=torch.float32)
+                                                           bnb_4bit_compute_dtype=compute)
+    if params.quantization != "none" and device.type == "cuda":
+        kwargs["device_map"] = {"": device.index or 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as exc:
         raise FileNotFoundError(f"decode.lm.model={params.model}: cannot load ({exc})") from None
+    except ImportError as exc:  # bitsandbytes missing or built without this device's backend
+        raise ImportError(f"decode.lm.quantization={params.quantization}: {exc}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.requires_grad_(False)
+    if params.quantization == "none":
+        model = model.to(device)
     return model, tokenizer

@@ -5,12 +5,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
 from conftest import REPO
+from helpers.run_if import requires_cuda
 from edge_glass.config import GenerateParams, LMParams, TRMParams, parse_params
 from edge_glass.data import FeatureSplit
 from edge_glass.decode import build_decoder, caption_batch, parameter_counts, train_decoder
@@ -109,6 +111,77 @@ def test_beam_search_finds_what_greedy_misses():
     assert generate(decoder, cond, GenerateParams(strategy="beam", num_beams=2, max_new_tokens=2)) == ["B", "B"]
     sampled = generate(decoder, cond, GenerateParams(strategy="nucleus", top_p=0.5, max_new_tokens=1), seed=1)
     assert sampled == ["A", "A"]  # top_p=0.5 keeps only the 0.6 token
+
+
+class PoolDecoder(CaptionDecoder):
+    """Hand-made log-probs where raw-sum pruning loses the best length-normalised caption.
+
+    "a" (p=.7) then EOS or "x" (p=.5 each): "a EOS" has raw -1.05 over 2 tokens (-0.53 normalised);
+    "b" (p=.3) then "c c EOS" (p=1 each): raw -1.20 over 4 tokens (-0.30). At step 2 both "a EOS" and
+    "a x" (-1.05) outrank "b c" (-1.20); "a x" then collapses. With two beams, a search where the
+    finished "a EOS" keeps a live slot drops "b c"; a separate finished pool keeps it."""
+
+    class Tokenizer:
+        eos_token_id = 0
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join("_abcx"[i] for i in ids)
+
+    tokenizer = Tokenizer()
+    table = {(): {1: 0.7, 2: 0.3}, (1,): {0: 0.5, 4: 0.5}, (2,): {3: 1.0}, (2, 3): {3: 1.0}, (2, 3, 3): {0: 1.0},
+             (1, 4): dict.fromkeys(range(5), 0.2)}
+    calls = 0
+
+    def next_logits(self, cond, ids):
+        self.calls += 1
+        rows = []
+        for row in ids.tolist():
+            p = torch.full((5,), 1e-6)
+            for tok, prob in self.table.get(tuple(t for t in row if t != 0), {0: 1.0}).items():
+                p[tok] = prob
+            rows.append(p.log())
+        return torch.stack(rows)
+
+
+def test_beam_search_keeps_finished_hypotheses_in_their_own_pool():
+    from edge_glass.decoders.conditioning import Conditioning
+
+    cond = Conditioning(torch.zeros(3, 1, 4), torch.zeros(3, 4))
+    beam = GenerateParams(strategy="beam", num_beams=2, max_new_tokens=6)
+    assert generate(PoolDecoder(), cond, beam) == ["bcc"] * 3
+    raw = beam.model_copy(update={"length_penalty": 0.0})  # no length normalisation: the likelier short one
+    assert generate(PoolDecoder(), cond, raw) == ["a"] * 3
+    decoder = PoolDecoder()
+    generate(decoder, cond, beam.model_copy(update={"max_new_tokens": 30}))
+    assert decoder.calls <= 5  # stops once no live beam can beat "bcc", not at max_new_tokens
+
+
+def test_kv_cached_generation_equals_the_uncached_reference(conditioned, prepared_lm):
+    from edge_glass.decoders.base import UncachedStepper
+    from edge_glass.generate import generate_ids
+
+    data, cond = conditioned
+    decoder = build_decoder(_params(), cond, prepared_lm).eval()
+    for p in decoder.projector.parameters():  # a trained-looking prefix, not the zero-LoRA start
+        p.data.add_(torch.randn_like(p) * 0.05)
+    cond = cond.select(list(range(6)))
+    cached, ref = decoder.stepper(cond), UncachedStepper(decoder, cond)
+    assert type(cached).__name__ == "KVCacheStepper"
+    worst_diff, smallest_margin = 0.0, float("inf")
+    with torch.no_grad():
+        a, b = cached.start(), ref.start()
+        for _ in range(8):
+            worst_diff = max(worst_diff, float((a - b).abs().max()))
+            top2 = b.topk(2, dim=-1).values
+            smallest_margin = min(smallest_margin, float((top2[:, 0] - top2[:, 1]).min()))
+            nxt = b.argmax(-1)
+            a, b = cached.step(nxt), ref.step(nxt)
+    assert worst_diff < 1e-3, worst_diff  # float32 logits of magnitude ~10-30
+    assert smallest_margin > 10 * worst_diff, (smallest_margin, worst_diff)  # identical tokens below mean something
+    greedy = GenerateParams(max_new_tokens=8)
+    assert generate_ids(decoder, cond, greedy) == generate_ids(decoder, cond, greedy, cached=False)
+    beam = GenerateParams(strategy="beam", num_beams=3, max_new_tokens=6)
+    assert generate_ids(decoder, cond, beam) == generate_ids(decoder, cond, beam, cached=False)
 
 
 @pytest.mark.parametrize("bits,layer", [("8bit", "Linear8bitLt"), ("4bit", "Linear4bit")])
@@ -214,3 +287,47 @@ def test_trm_closed_vocabulary_round_trips_training_captions(conditioned, prepar
     assert decoder.decode(rows) == [c.strip() for c in captions[:3]]
     logits = decoder.logits(cond.select([0, 1, 2]), ids, mask)
     assert logits.shape[-1] == n
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_every_stage_names_its_device_key_when_cuda_is_missing(tiny_align, small_download, prepared_lm, tmp_path):
+    from edge_glass.config import ParamsError
+    from edge_glass.decode import run_decode
+    from edge_glass.evaluate import run_evaluate
+    from edge_glass.preprocess import run_preprocess
+
+    manifest, features, align_dir = tiny_align
+    with pytest.raises(ParamsError, match=r"decode.device=cuda: CUDA is not available"):
+        run_decode(parse_params({"decode": {"device": "cuda"}}), features, manifest, align_dir, prepared_lm, tmp_path)
+    with pytest.raises(ParamsError, match=r"evaluate.device=cuda:1: CUDA is not available"):
+        run_evaluate(parse_params({"evaluate": {"device": "cuda:1"}}), features, manifest, load_model(align_dir))
+    root, raw, _ = small_download
+    with pytest.raises(ParamsError, match=r"preprocess.device=cuda: CUDA is not available"):
+        run_preprocess(parse_params({**raw, "preprocess": {"device": "cuda"}}),
+                       root / "data" / "download" / "manifest.parquet", tmp_path / "features")
+
+
+@requires_cuda
+def test_decoder_trains_and_generates_on_cuda(conditioned, prepared_lm, tmp_path):
+    from edge_glass.generate import generate_ids
+
+    data, cond = conditioned
+    cond = cond.to("cuda")
+    params = _params()
+    decoder = build_decoder(params, cond, prepared_lm, device="cuda")
+    summary = train_decoder(params, decoder, data, cond, tmp_path, "fp", None)
+    assert np.isfinite(summary["final"]["loss"])
+    part = cond.select(list(range(4)))
+    greedy = GenerateParams(max_new_tokens=6)
+    assert generate_ids(decoder, part, greedy) == generate_ids(decoder, part, greedy, cached=False)
+
+
+@requires_cuda
+def test_evaluate_on_cuda_matches_the_cpu(tiny_align):
+    from edge_glass.evaluate import run_evaluate
+
+    manifest, features, align_dir = tiny_align
+    cpu, _ = run_evaluate(parse_params({"evaluate": {"device": "cpu"}}), features, manifest, load_model(align_dir))
+    gpu, _ = run_evaluate(parse_params({"evaluate": {"device": "cuda"}}), features, manifest, load_model(align_dir))
+    for task, r in cpu["trained"].items():
+        assert abs(gpu["trained"][task]["R@1"] - r["R@1"]) <= 0.05, task

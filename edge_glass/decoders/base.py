@@ -44,5 +44,30 @@ class CaptionDecoder(nn.Module):
         """(b, vocab) logits of the token after ``ids`` (all rows the same length)."""
         return self.logits(cond, ids, torch.ones_like(ids, dtype=torch.bool))[:, -1].float()
 
+    def stepper(self, cond: Conditioning) -> "UncachedStepper":
+        """Token-by-token generation state; decoders with a KV cache return a cached stepper."""
+        return UncachedStepper(self, cond)
+
     def decode(self, ids: list[list[int]]) -> list[str]:
         return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
+
+
+class UncachedStepper:
+    """Generation by re-running the decoder over prefix + every token so far at each step.
+
+    The reference for cached steppers (same logits), and the TRM decoder's own loop: its recursion
+    re-reads the whole sequence at every application, so there is nothing to cache."""
+
+    def __init__(self, decoder: CaptionDecoder, cond: Conditioning):
+        self.decoder, self.cond = decoder, cond
+        self.ids = torch.empty(len(cond), 0, dtype=torch.long, device=cond.latents.device)
+
+    def start(self) -> torch.Tensor:
+        return self.decoder.next_logits(self.cond, self.ids)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)
+        return self.decoder.next_logits(self.cond, self.ids)
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cond, self.ids = self.cond.select(rows), self.ids[rows]

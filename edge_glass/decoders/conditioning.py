@@ -24,8 +24,11 @@ class Conditioning:
         return len(self.latents)
 
     def select(self, idx) -> "Conditioning":
-        idx = torch.as_tensor(idx)
+        idx = torch.as_tensor(idx, device=self.latents.device)
         return Conditioning(self.latents[idx], self.embedding[idx])
+
+    def to(self, device) -> "Conditioning":
+        return Conditioning(self.latents.to(device), self.embedding.to(device))
 
     def repeat_interleave(self, n: int) -> "Conditioning":
         return Conditioning(self.latents.repeat_interleave(n, 0), self.embedding.repeat_interleave(n, 0))
@@ -41,15 +44,17 @@ def aligned_conditioning(model: AlignModel, data: FeatureSplit, prefix_tokens: i
     """Run the frozen align model once over ``data``: fused latents where an item has image and audio,
     else the latents of the medium it has; the embedding of the same (fused or single) branch."""
     model.eval()
+    device = next(model.parameters()).device
     latents, embeddings = [], []
     for start in range(0, len(data), batch_size):
         idx = list(range(start, min(start + batch_size, len(data))))
-        batch = data.batch(idx)
+        batch = data.batch(idx).to(device)
         out = model(batch)
         lat = {m: model.latents(m, batch.tokens[m], batch.masks[m]) for m in model.media}
         fused = model.fusion(lat["image"], lat["audio"]) if model.has_fusion else None
+        present = {m: batch.present[m].tolist() for m in model.media}  # one device sync per batch
         for j in range(len(idx)):
-            have = [m for m in MEDIA if m in model.media and bool(batch.present[m][j])]
+            have = [m for m in MEDIA if m in model.media and present[m][j]]
             branch = "fused" if fused is not None and len(have) == 2 else have[0]
             tokens = fused[j] if branch == "fused" else lat[branch][j]
             latents.append(pool_latents(tokens[None], prefix_tokens)[0])

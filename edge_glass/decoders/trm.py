@@ -18,6 +18,7 @@ from torch import nn
 from edge_glass.config import TRMParams
 from edge_glass.decoders.base import CaptionDecoder
 from edge_glass.decoders.conditioning import Conditioning, Projector
+from edge_glass.decoders.registry import register_decoder
 
 MAX_POSITIONS = 256
 
@@ -107,3 +108,25 @@ class TRMDecoder(CaptionDecoder):
             raise ValueError(f"TRM decoder handles {MAX_POSITIONS} positions (got {x.shape[1]}); shorten captions")
         x = x + self.positions[: x.shape[1]]
         return self.norm_out(self.recurse(x)) @ self.token_embedding.weight.t()
+
+
+def caption_vocabulary(tokenizer, captions: list[str]) -> list[int]:
+    """Tokenizer ids that occur in ``captions``: the TRM's closed output vocabulary (``trm.vocab: caption``)."""
+    return sorted({i for c in captions for i in tokenizer(c, add_special_tokens=False)["input_ids"]})
+
+
+@register_decoder("trm")
+def build(params, latent_dim: int, embedding_dim: int, lm_dir, captions, device: torch.device) -> TRMDecoder:
+    """A fresh TRM with the LM's tokenizer (``decode.lm.model``), seeded by ``params.seed``."""
+    from transformers import AutoTokenizer
+
+    from edge_glass.lm import resolve_lm
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_lm(params.decode.lm.model, lm_dir))
+    vocabulary = None
+    if params.decode.trm.vocab == "caption":
+        if not captions:
+            raise ValueError("decode.trm.vocab=caption needs the training captions")
+        vocabulary = caption_vocabulary(tokenizer, captions)
+    torch.manual_seed(params.seed)
+    return TRMDecoder(tokenizer, params.decode.trm, latent_dim, embedding_dim, vocabulary).to(device)
