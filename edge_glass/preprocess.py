@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from edge_glass.config import Params
 from edge_glass.encoders.base import FrozenEncoder
+from edge_glass.encoders.registry import build_encoder
 from edge_glass.features import (
     plan_shards, read_offsets, remove_stale, shard_fingerprint, shard_name, write_index, write_shard,
 )
@@ -36,26 +38,6 @@ class WorkItem:
     item_id: str
     source: Any  # path or caption text
     sort_key: float = 0.0
-
-
-def build_encoder(modality: str, params: Params) -> FrozenEncoder:
-    p = params.preprocess
-    if modality == "image":
-        from edge_glass.encoders.vision import build_vision_encoder
-
-        return build_vision_encoder(p.vision)
-    if modality == "audio":
-        from edge_glass.encoders.audio import WhisperAudio
-
-        return WhisperAudio(p.audio)
-    from edge_glass.encoders.text import SentenceTransformerText
-
-    return SentenceTransformerText(p.text)
-
-
-def batch_size(modality: str, params: Params) -> int:
-    p = params.preprocess
-    return {"image": p.vision.batch_size, "audio": p.audio.batch_size, "text": p.text.batch_size}[modality]
 
 
 def work_items(manifest: pd.DataFrame, modality: str, base_dir: Path) -> list[WorkItem]:
@@ -83,14 +65,65 @@ def read_input(it: WorkItem) -> Any:
         raise MediaError(f"media shard unreadable: {exc}") from None
 
 
-def _load_all(encoder: FrozenEncoder, items: list[WorkItem]) -> list[tuple[WorkItem, Any, str]]:
+def load_batch(load: Callable[[Any], Any], items: list[WorkItem]) -> list[tuple[WorkItem, Any, str]]:
+    """Decode one batch's inputs; a medium that fails is returned with its reason (a reject), not raised."""
     out = []
     for it in items:
         try:
-            out.append((it, encoder.load(read_input(it)), ""))
+            out.append((it, load(read_input(it)), ""))
         except MediaError as exc:
             out.append((it, None, str(exc)))
     return out
+
+
+class BatchLoads(torch.utils.data.Dataset):
+    """Batch ``j`` of the planned jobs, decoded: what each DataLoader worker process computes."""
+
+    def __init__(self, load: Callable[[Any], Any], jobs: list[list[WorkItem]]):
+        self.load, self.jobs = load, jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, j: int):
+        return load_batch(self.load, self.jobs[j])
+
+
+def _as_is(batch):
+    return batch
+
+
+def _worker_init(_: int) -> None:
+    """One thread per worker for torch and numpy's BLAS: the processes are the parallelism."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")
+
+
+@contextmanager
+def loaded_batches(encoder: FrozenEncoder, jobs: list[list[WorkItem]], num_workers: int):
+    """The jobs' decoded batches in job order, decoded ahead of the encoder.
+
+    ``num_workers`` = 0: one loader thread in this process (two batches ahead). N > 0: N DataLoader
+    processes, ``prefetch_factor`` 2, pinned memory when the encoder is on CUDA (text, which needs no
+    decoding, keeps the thread). Order is the jobs' order either way, so shards are byte-identical
+    whatever the worker count."""
+    load = encoder.loader()
+    if num_workers == 0 or not jobs or not encoder.decodes_media:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            yield prefetched(partial(load_batch, load), jobs, pool)
+        return
+    loader = torch.utils.data.DataLoader(
+        BatchLoads(load, jobs), batch_size=None, shuffle=False, num_workers=min(num_workers, len(jobs)),
+        collate_fn=_as_is, pin_memory=encoder.device.type == "cuda", prefetch_factor=2,
+        worker_init_fn=_worker_init, persistent_workers=False,
+    )
+    it = iter(loader)
+    try:
+        yield it
+    finally:
+        del it
 
 
 def code_fingerprint() -> str:
@@ -156,7 +189,7 @@ def preprocess_modality(
         if meta is not None and meta.get("fingerprint") == fingerprints[k]:
             finished[k] = meta
         elif k % world == rank:
-            todo[k] = make_batches([by_id[i] for i in shard_ids], batch_size(modality, params))
+            todo[k] = make_batches([by_id[i] for i in shard_ids], encoder.batch_size)
     def encode_and_write(k: int, loaded_batches: Iterator, on_batch: Callable[[int], None]) -> dict:
         """Encode shard k from the prefetched batches, write it; returns its metadata (with ids)."""
         ids, tokens, pooled, shard_rejects = encode_shard(encoder, [by_id[i] for i in plan[k]], loaded_batches,
@@ -167,25 +200,24 @@ def preprocess_modality(
         return {**metadata, "ids": ids}
 
     jobs = [batch for batches in todo.values() for batch in batches]
+    workers = params.preprocess.num_workers
     if world > 1:
         mine = sum(len(plan[k]) for k in todo)
         bar = tqdm(total=mine, desc=f"preprocess {modality} [rank {rank}/{world}]", unit="item", position=rank)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            loaded_batches = prefetched(partial(_load_all, encoder), jobs, pool)
+        with loaded_batches(encoder, jobs, workers) as batches:
             for k in todo:
-                encode_and_write(k, loaded_batches, bar.update)
+                encode_and_write(k, batches, bar.update)
         bar.close()
         return None
     index_rows, rejects, resumed = [], [], 0
     encode_seconds, encoded_now = 0.0, 0
     bar = tqdm(total=len(items), desc=f"preprocess {modality}", unit="item")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        loaded_batches = prefetched(partial(_load_all, encoder), jobs, pool)
+    with loaded_batches(encoder, jobs, workers) as batches:
         for k, shard_ids in enumerate(plan):
             path = mod_dir / shard_name(k)
             if k in todo:
                 t0 = time.perf_counter()
-                meta = encode_and_write(k, loaded_batches, bar.update)
+                meta = encode_and_write(k, batches, bar.update)
                 encode_seconds += time.perf_counter() - t0
                 encoded_now += len(shard_ids)
             else:

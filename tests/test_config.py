@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from conftest import REPO
@@ -78,3 +79,34 @@ def test_seed_experiments_compose_and_validate(name):
         assert params.decode.kind == "trm"
     if name == "perceiver_ablation":
         assert params.align.perceiver.pool == "perceiver"
+
+
+def test_encoder_and_decoder_registries_match_the_params_schema():
+    import typing
+
+    import edge_glass.decoders.lora_lm  # noqa: F401  (fill the registries)
+    import edge_glass.decoders.trm  # noqa: F401
+    import edge_glass.encoders.audio  # noqa: F401
+    import edge_glass.encoders.text  # noqa: F401
+    import edge_glass.encoders.vision  # noqa: F401
+    from edge_glass.config import DecodeParams, PreprocessParams
+    from edge_glass.decoders.registry import DECODERS
+    from edge_glass.encoders.registry import ENCODERS, SECTIONS
+
+    sections = PreprocessParams.model_fields
+    schema = {(m, b) for m, section in SECTIONS.items()
+              for b in typing.get_args(sections[section].annotation.model_fields["backend"].annotation)}
+    assert set(ENCODERS) == schema
+    assert set(DECODERS) == set(typing.get_args(DecodeParams.model_fields["kind"].annotation))
+
+
+def test_encoders_take_their_batch_size_from_their_own_section():
+    from edge_glass.encoders.registry import build_encoder
+
+    params = parse_params({"preprocess": {"device": "cpu", "vision": {"batch_size": 7, "weights": "random"},
+                                          "text": {"batch_size": 5}}})
+    vision, text = build_encoder("image", params), build_encoder("text", params)
+    assert (vision.batch_size, text.batch_size) == (7, 5)
+    assert vision.info.name == "efficientnet-lite0/random" and vision.info.weights == {}
+    tokens, pooled = vision.forward([torch.zeros(3, 224, 224)] * 2)
+    assert tokens[0].shape == (49, 1280) and pooled.dtype == torch.float32 and pooled.device.type == "cpu"

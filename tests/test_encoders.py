@@ -58,7 +58,7 @@ def test_unknown_audio_model_names_the_key(tmp_path):
     from edge_glass.encoders.audio import WhisperAudio
 
     (tmp_path / "not-a-model").mkdir()
-    with pytest.raises(FileNotFoundError, match="preprocess.audio.model=.*no CTranslate2 model.bin"):
+    with pytest.raises(FileNotFoundError, match="preprocess.audio.model=.*neither a CTranslate2 model.bin"):
         WhisperAudio(AudioEncoderParams(model=str(tmp_path / "not-a-model")))
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from helpers.run_if import requires_cuda
 from edge_glass.config import parse_params
 from edge_glass.features import FeatureStore, read_shard
 from edge_glass.manifest import media_ref, read_manifest
@@ -161,3 +162,48 @@ def test_two_ranks_write_their_own_shards_and_match_one_process(small_download, 
     metrics = json.loads((work / "metrics" / "preprocess.json").read_text())
     assert all(m["resumed_shards"] == m["shards"] for m in metrics.values())  # rank 0's pass found them all done
     assert shard_bytes(work / "data" / "features") == shard_bytes(reference)
+
+
+def test_dataloader_workers_write_the_same_shards_as_one_loader_thread(small_download, features, tmp_path):
+    """preprocess.num_workers=2 decodes media in two processes; the shards are byte-identical."""
+    root, raw, _ = small_download
+    _, reference, stats = features
+    out = tmp_path / "features"
+    workers = parse_params({**raw, "preprocess": {**raw.get("preprocess", {}), "num_workers": 2}})
+    got = run_preprocess(workers, root / "data" / "download" / "manifest.parquet", out)
+    assert {m: s["encoded"] for m, s in got.items()} == {m: s["encoded"] for m, s in stats.items()}
+    assert shard_bytes(out) == shard_bytes(reference)
+
+
+def test_loader_workers_deliver_batches_in_job_order_with_rejects(tmp_path):
+    from edge_glass.encoders.base import FrozenEncoder
+    from edge_glass.media import MediaError
+    from edge_glass.preprocess import WorkItem, loaded_batches
+
+    class Upper(FrozenEncoder):
+        def loader(self):
+            return _upper_or_reject
+
+    jobs = [[WorkItem(f"{j}-{i}", f"{j}-{i}", f"text {j} {i}") for i in range(3)] for j in range(7)]
+    jobs[4][1].source = "bad"
+    for workers in (0, 3):
+        with loaded_batches(Upper(), jobs, workers) as batches:
+            got = list(batches)
+        assert [[it.id for it, _, _ in b] for b in got] == [[it.id for it in job] for job in jobs]
+        assert got[4][1][1:] == (None, "unreadable: bad") and got[0][2][1] == "TEXT 0 2"
+
+
+def _upper_or_reject(text: str) -> str:
+    from edge_glass.media import MediaError
+
+    if text == "bad":
+        raise MediaError("unreadable: bad")
+    return text.upper()
+
+
+@requires_cuda
+def test_encoders_run_on_cuda_and_return_host_float32(small_download, tmp_path):
+    root, raw, _ = small_download
+    params = parse_params({**raw, "preprocess": {**raw.get("preprocess", {}), "device": "cuda", "num_workers": 2}})
+    stats = run_preprocess(params, root / "data" / "download" / "manifest.parquet", tmp_path / "features")
+    assert all(s["encoded"] > 0 for s in stats.values())

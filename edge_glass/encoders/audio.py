@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from edge_glass.config import AudioEncoderParams
 from edge_glass.encoders.base import EncoderInfo, FrozenEncoder
+from edge_glass.encoders.registry import register_encoder
 from edge_glass.encoders.whisper import (
     SAMPLE_RATE, WhisperEncoder, batch_mels, encoder_from_ctranslate2, encoder_from_transformers, log_mel,
 )
@@ -50,9 +52,10 @@ def resolve_ctranslate2_dir(model: str) -> Path | None:
     path = Path(model)
     if (path / "model.bin").exists():
         return path
-    if path.exists():
-        raise FileNotFoundError(f"preprocess.audio.model={model}: folder has no CTranslate2 model.bin")
-    return None
+    if path.exists() and not (path / "config.json").exists():
+        raise FileNotFoundError(f"preprocess.audio.model={model}: folder has neither a CTranslate2 model.bin "
+                                "nor a transformers config.json")
+    return None  # a hub id or a transformers Whisper folder
 
 
 def load_whisper_encoder(model: str) -> tuple[WhisperEncoder, dict[str, str]]:
@@ -71,6 +74,12 @@ def load_whisper_encoder(model: str) -> tuple[WhisperEncoder, dict[str, str]]:
     return encoder_from_transformers(hf.encoder), {}
 
 
+def audio_input(source, n_mels: int, pad_to_30s: bool) -> torch.Tensor:
+    """Decode and resample one clip to Whisper's log-mel frames (a module function, so loader workers can run it)."""
+    return log_mel(load_audio(source, SAMPLE_RATE), n_mels, pad_to_30s=pad_to_30s)
+
+
+@register_encoder("audio", "whisper")
 class WhisperAudio(FrozenEncoder):
     """Tokens: encoder states (50 Hz) averaged over ``token_pool`` frames; pooled: mean of valid states."""
 
@@ -79,19 +88,25 @@ class WhisperAudio(FrozenEncoder):
         self.encoder.requires_grad_(False)
         self.trim = params.trim_to_length
         self.pool = params.token_pool
+        self.batch_size = params.batch_size
         dim = self.encoder.dim
         self.info = EncoderInfo(
             "audio", f"whisper-encoder:{params.model}", dim, dim, weights,
             {"trim_to_length": self.trim, "token_pool": self.pool, "sample_rate": SAMPLE_RATE},
         )
 
-    def load(self, source) -> torch.Tensor:
-        return log_mel(load_audio(source, SAMPLE_RATE), self.encoder.n_mels, pad_to_30s=not self.trim)
+    def modules(self):
+        return [self.encoder]
+
+    def loader(self):
+        return partial(audio_input, n_mels=self.encoder.n_mels, pad_to_30s=not self.trim)
 
     @torch.inference_mode()
     def forward(self, batch):
         mels, lengths = batch_mels(batch)
-        states, mask = self.encoder(mels, lengths)
+        with self.autocast():
+            states, mask = self.encoder(mels.to(self.device, non_blocking=True), lengths.to(self.device))
+        states, mask = states.float().cpu(), mask.cpu()  # one device-to-host copy; pooling on the host
         tokens, pooled = [], []
         for x, m in zip(states, mask):
             x = x[m]

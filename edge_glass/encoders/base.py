@@ -1,4 +1,4 @@
-"""The interface every frozen encoder offers to the preprocess stage."""
+"""The interface every frozen encoder offers to the preprocess stage, and where it runs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
+
+from edge_glass.device import autocast
 
 
 @dataclass
@@ -21,16 +24,46 @@ class EncoderInfo:
 
 
 class FrozenEncoder:
-    """``load`` decodes one input on the CPU; ``forward`` encodes a list of loaded inputs.
+    """``loader()`` decodes one input on the CPU (in loader workers); ``forward`` encodes a list of loaded
+    inputs on ``self.device`` and returns per-item token features (n_i, token_dim) and pooled
+    features (b, pooled_dim), both float32 on the CPU whatever device and autocast computed them.
 
-    ``forward`` returns per-item token features (n_i, token_dim) and pooled features (b, pooled_dim).
+    ``batch_size`` comes from the encoder's own params section (``preprocess.vision.batch_size``...).
     """
 
     info: EncoderInfo
+    batch_size: int = 32
+    decodes_media: bool = True  # False: inputs need no decoding (text), so loader processes would only add overhead
+    device: torch.device = torch.device("cpu")
+    precision: torch.dtype = torch.float32
+
+    def modules(self) -> list[nn.Module]:
+        """The networks that ``place`` moves to the device."""
+        raise NotImplementedError
+
+    def place(self, device: torch.device, precision: torch.dtype) -> "FrozenEncoder":
+        """Move the networks to ``device``; ``forward`` then autocasts to ``precision`` (fp32: none)."""
+        for m in self.modules():
+            m.to(device)
+        self.device, self.precision = torch.device(device), precision
+        return self
+
+    def autocast(self):
+        return autocast(self.device, self.precision)
+
+    def loader(self):
+        """A picklable ``source -> input`` callable (decode, resize, resample) that loader workers run."""
+        raise NotImplementedError
 
     def load(self, source: Any) -> Any:
-        raise NotImplementedError
+        return self.loader()(source)
 
     @torch.inference_mode()
     def forward(self, batch: list[Any]) -> tuple[list[torch.Tensor], torch.Tensor]:
         raise NotImplementedError
+
+
+def split_tokens(tokens: torch.Tensor, lengths: list[int] | None = None) -> list[torch.Tensor]:
+    """Padded (b, n, d) device tokens -> per-item float32 CPU tensors, with one device-to-host copy."""
+    host = tokens.float().cpu()
+    return list(host) if lengths is None else [t[:n] for t, n in zip(host, lengths)]

@@ -8,6 +8,7 @@ import torch
 
 from edge_glass.config import TextEncoderParams
 from edge_glass.encoders.base import EncoderInfo, FrozenEncoder
+from edge_glass.encoders.registry import register_encoder
 from edge_glass.hub import PACKAGED_TEXT
 from edge_glass.io import sha256_file
 
@@ -21,8 +22,11 @@ def resolve_text_model(name: str) -> str:
     return name
 
 
+@register_encoder("text", "sentence_transformers")
 class SentenceTransformerText(FrozenEncoder):
     """Tokens: last hidden states of the real (unpadded) tokens; pooled: the model's sentence embedding."""
+
+    decodes_media = False
 
     def __init__(self, params: TextEncoderParams):
         from sentence_transformers import SentenceTransformer
@@ -34,17 +38,23 @@ class SentenceTransformerText(FrozenEncoder):
             raise FileNotFoundError(f"preprocess.text.model={params.model}: cannot load ({exc})") from None
         self.model.eval().requires_grad_(False)
         self.model.max_seq_length = params.max_length
+        self.batch_size = params.batch_size
         weights = {p.name: sha256_file(p) for p in sorted(Path(path).glob("*.safetensors"))} if Path(path).exists() else {}
         dim = self.model.get_embedding_dimension()
         self.info = EncoderInfo("text", f"sentence-transformers:{params.model}", dim, dim, weights, {"max_length": params.max_length})
 
-    def load(self, source: str) -> str:
-        return source
+    def modules(self):
+        return [self.model]
+
+    def loader(self):
+        return str  # captions need no decoding
 
     @torch.inference_mode()
     def forward(self, batch):
-        features = self.model.preprocess(batch)
-        out = self.model(features)
-        mask = out["attention_mask"].bool()
-        tokens = [t[m] for t, m in zip(out["token_embeddings"], mask)]
-        return tokens, out["sentence_embedding"]
+        features = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                    for k, v in self.model.preprocess(batch).items()}
+        with self.autocast():
+            out = self.model(features)
+        mask = out["attention_mask"].bool().cpu()
+        tokens = out["token_embeddings"].float().cpu()  # one device-to-host copy, then unpadded views
+        return [t[m] for t, m in zip(tokens, mask)], out["sentence_embedding"].float().cpu()

