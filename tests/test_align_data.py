@@ -13,6 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import REPO
+from helpers.run_if import requires_cuda
 from edge_glass.config import parse_params
 from edge_glass.data import FeatureSplit, drop_tokens, dropout_uniforms, pad_tokens
 from edge_glass.features import FeatureStore, read_shard, shard_name
@@ -171,7 +172,7 @@ def test_align_memory_stays_flat_as_items_grow(tmp_path):
     assert rss[4000] - rss[500] < 100, rss
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@requires_cuda
 def test_cuda_training_step_and_evaluation(synthetic):
     from edge_glass.distributed import DistInfo
     from edge_glass.evaluate import trained_recalls
@@ -202,14 +203,23 @@ def test_device_rule_names_the_key():
 
 
 @pytest.mark.slow
-def test_gpu_smoke_script_runs_on_the_cpu(tmp_path):
-    """benchmarks/gpu_smoke.sh is the device check; CI runs it with --device cpu at tiny sizes."""
+def test_gpu_smoke_script_runs_every_stage_on_the_cpu(tmp_path):
+    """benchmarks/gpu_smoke.sh is the device check; CI runs it with --device cpu at tiny sizes:
+    smoke media + random-weight models -> download -> preprocess -> align -> decode -> evaluate, then
+    the preprocess, decode and align benchmarks."""
     env = {**os.environ, "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out")}
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_smoke.sh"), "--device", "cpu", "--items", "300",
-                           "--bench-items", "300", "--steps", "4", "--bench-steps", "2", "--batch", "32"],
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_smoke.sh"), "--device", "cpu", "--tiny", "--items", "48",
+                           "--bench-items", "300", "--steps", "4", "--bench-steps", "2", "--batch", "32", "--workers", "2"],
                           cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "smoke_align_evaluate device=cpu" in proc.stdout
-    bench = [line for line in proc.stdout.splitlines() if line.startswith("align_bench ")]
-    assert [b.split("pool=")[1].split()[0] for b in bench] == ["mean", "perceiver"]
+    assert "smoke_stages device=cpu" in proc.stdout
+    pre = json.loads((tmp_path / "out" / "preprocess.json").read_text())
+    assert {m: pre[m]["encoded"] for m in ("image", "audio")} == {"image": 48, "audio": 48} and pre["text"]["encoded"] == 96
+    captions = json.loads((tmp_path / "out" / "captions.json").read_text())
+    assert captions["items"] > 0 and "CIDEr-D" in captions
     assert json.loads((tmp_path / "out" / "retrieval.json").read_text())["trained"]["image_to_text"]["R@1"] >= 0
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("preprocess_bench image=") for line in lines)
+    assert any(line.startswith("decode_bench gen_speedup=") and "identical=True" in line for line in lines)
+    bench = [line for line in lines if line.startswith("align_bench ")]
+    assert [b.split("pool=")[1].split()[0] for b in bench] == ["mean", "perceiver"]
