@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from edge_glass.config import AlignParams, Params
+from edge_glass.config import ParamsError, AlignParams, Params
 from edge_glass.data import FeatureSplit, drop_tokens, global_batch
 from edge_glass.device import autocast, enable_fast_matmul, resolve_precision
 from edge_glass.checkpoints import best_score, save_weights
@@ -141,13 +141,13 @@ def train_step(model: AlignModel, opt, data: FeatureSplit, step: int, params: Pa
     local = t.batch_size // info.world
     logged = {"loss": 0.0}
     for micro in range(t.grad_accum):
-        indices, choice = global_batch(step, micro, t.grad_accum, t.batch_size, len(data), params.seed,
+        indices, choice = global_batch(step, micro, t.grad_accum, t.batch_size, len(data), params.align_seed,
                                        data.caption_counts)
         sl = slice(info.rank * local, (info.rank + 1) * local)
         batch = data.batch(indices[sl], choice[sl])
         positions = np.arange(t.batch_size)[sl]
-        batch.positions, batch.noise_key = positions, (params.seed, step, micro)  # keyed head dropout
-        batch = drop_tokens(batch, positions, cfg.token_dropout, params.seed, step, micro).to(info.device)
+        batch.positions, batch.noise_key = positions, (params.align_seed, step, micro)  # keyed head dropout
+        batch = drop_tokens(batch, positions, cfg.token_dropout, params.align_seed, step, micro).to(info.device)
         with autocast(info.device, precision):
             out = model(batch)
         loss, parts = contrastive_loss(model, out, cfg, info)
@@ -188,11 +188,13 @@ def validation_loss(model: AlignModel, data: FeatureSplit, params: Params, info:
 
 @torch.no_grad()
 def validation_recall(model: AlignModel, data: FeatureSplit, params: Params) -> float:
-    """Mean R@1 over the media<->text tasks at the largest MRL dim: the checkpoint-selection score."""
+    """Mean R@1 over the media<->text tasks at the largest MRL dim: the checkpoint-selection score.
+
+    Its own K (1), whatever ``evaluate.recall_k`` lists: align reads no evaluate params."""
     from edge_glass.evaluate import trained_recalls
 
     model.eval()
-    top = trained_recalls(model, data, params, dims=[params.align.mrl.dims[0]])[params.align.mrl.dims[0]]
+    top = trained_recalls(model, data, dims=[params.align.mrl.dims[0]], ks=[1])[params.align.mrl.dims[0]]
     model.train()
     return float(np.mean([r["R@1"] for r in top.values()]))
 
@@ -201,6 +203,9 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
           live_dir: str | Path | None, info: DistInfo = DistInfo()) -> dict:
     """Train (or resume) the alignment model; rank 0 writes checkpoints, the final model and DVCLive logs."""
     cfg = params.align
+    if cfg.train.batch_size % info.world:  # the global batch is split over every rank of every node
+        raise ParamsError(f"align.train.batch_size={cfg.train.batch_size} must be divisible by the world size "
+                          f"{info.world} (nodes x processes per node); the remainder rows would be dropped")
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     features_dir, out_dir = Path(features_dir), Path(out_dir)
@@ -212,7 +217,7 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
     except ValueError:  # no validation items (tiny subsets): no val loss
         val = None
     enable_fast_matmul(info.device)
-    model = build_model(cfg, data, params.seed, val).to(info.device)
+    model = build_model(cfg, data, params.align_seed, val).to(info.device)
     opt = make_optimizer(model, cfg)
     fingerprint = run_fingerprint(params, features_dir)
     best_path = out_dir / "checkpoints" / "best.safetensors"
@@ -250,7 +255,7 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
 
 def save_model(out_dir: Path, model: AlignModel, params: Params, data: FeatureSplit) -> None:
     save_weights(out_dir / "model.safetensors", model)
-    write_json({"align": params.align.model_dump(), "seed": params.seed, "token_dims": data.token_dims,
+    write_json({"align": params.align.model_dump(), "seed": params.seed, "train_seed": params.align_seed, "token_dims": data.token_dims,
                 "text_dim": data.text_dim}, out_dir / "model.json")
 
 

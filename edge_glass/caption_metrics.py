@@ -13,27 +13,59 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from edge_glass.bootstrap import RESAMPLES, bootstrap, interval
+
 
 def simple_tokenize(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def coco_scores(generated: list[str], references: list[list[str]]) -> dict[str, float]:
-    """Corpus BLEU-1..4 and CIDEr-D; an empty generation scores zero against its references."""
-    from pycocoevalcap.bleu.bleu import Bleu
+BLEU_COLUMNS = ["testlen", "reflen", *[f"guess{n}" for n in range(1, 5)], *[f"correct{n}" for n in range(1, 5)]]
+
+
+def bleu_stats(generated: list[str], references: list[list[str]]) -> np.ndarray:
+    """Per item: generated length, closest reference length, and n-gram guesses / clipped matches
+    (n = 1..4), from pycocoevalcap's BleuScorer; corpus BLEU is a function of their sums."""
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+
+    scorer = BleuScorer(n=4)
+    for g, refs in zip(generated, references):
+        scorer += (simple_tokenize(g) or "<empty>", [simple_tokenize(r) or "<empty>" for r in refs])
+    rows = []
+    for comps in scorer.ctest:
+        reflen = scorer._single_reflen(comps["reflen"], "closest", comps["testlen"])
+        rows.append([comps["testlen"], reflen, *comps["guess"][:4], *comps["correct"][:4]])
+    return np.asarray(rows, dtype=np.float64).reshape(-1, len(BLEU_COLUMNS))
+
+
+def corpus_bleu(sums: np.ndarray, n: int = 4) -> np.ndarray:
+    """Corpus BLEU-n from summed ``bleu_stats`` rows, (r, 10) -> (r,): pycocoevalcap's formula, vectorised."""
+    sums = np.atleast_2d(sums)
+    tiny, small = 1e-15, 1e-9
+    log_p = sum(np.log((sums[:, 6 + k] + tiny) / (sums[:, 2 + k] + small)) for k in range(n)) / n
+    ratio = (sums[:, 0] + tiny) / (sums[:, 1] + small)
+    brevity = np.where(ratio < 1, 1 - 1 / ratio, 0.0)
+    return np.exp(log_p + brevity)
+
+
+def coco_scores(generated: list[str], references: list[list[str]]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Corpus BLEU-1/BLEU-4 and CIDEr-D (an empty generation scores zero), and the per-item statistics
+    they are computed from (``bleu``: ``BLEU_COLUMNS`` rows; ``CIDEr-D``: per-item scores)."""
     from pycocoevalcap.cider.cider import Cider
 
     gts = {i: [simple_tokenize(r) or "<empty>" for r in refs] for i, refs in enumerate(references)}
     res = {i: [simple_tokenize(g) or "<empty>"] for i, g in enumerate(generated)}
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    cider, _ = Cider().compute_score(gts, res)
-    return {"BLEU-1": float(bleu[0]), "BLEU-4": float(bleu[3]), "CIDEr-D": float(cider)}
+    cider, per_item = Cider().compute_score(gts, res)
+    stats = bleu_stats(generated, references)
+    total = stats.sum(0)
+    scores = {"BLEU-1": float(corpus_bleu(total, 1)[0]), "BLEU-4": float(corpus_bleu(total, 4)[0]), "CIDEr-D": float(cider)}
+    return scores, {"bleu": stats, "CIDEr-D": np.asarray(per_item, dtype=np.float64)}
 
 
 @torch.no_grad()
-def embedding_similarity(generated: list[str], references: list[list[str]], text_model: str) -> float:
-    """Mean over items of the best cosine similarity between the generated caption and a reference,
-    both embedded by the frozen text encoder used in preprocess."""
+def embedding_similarity(generated: list[str], references: list[list[str]], text_model: str) -> np.ndarray:
+    """Per item: the best cosine similarity between the generated caption and a reference, both
+    embedded by the frozen text encoder used in preprocess."""
     from sentence_transformers import SentenceTransformer
 
     from edge_glass.encoders.text import resolve_text_model
@@ -46,21 +78,41 @@ def embedding_similarity(generated: list[str], references: list[list[str]], text
     for i, refs in enumerate(references):
         best.append(float((r[start : start + len(refs)] @ g[i]).max()))
         start += len(refs)
-    return float(np.mean(best))
+    return np.asarray(best)
 
 
-def caption_metrics(captions: pd.DataFrame, text_model: str) -> dict:
+def caption_metrics(captions: pd.DataFrame, text_model: str, *, resamples: int = RESAMPLES,
+                    seed: int = 0) -> tuple[dict, pd.DataFrame]:
+    """Corpus caption metrics with bootstrap 95% intervals over items (flat ``<metric>_ci95_lo/hi``),
+    and the per-item statistics (one row per item) that a PR's paired bootstrap compares."""
     generated = [str(g) for g in captions.generated]
     references = [list(r) for r in captions.references]
     if not generated:
         raise ValueError("captions file has no rows")
-    scores = coco_scores(generated, references)
-    scores["embedding_similarity"] = embedding_similarity(generated, references, text_model)
-    scores["exact_match"] = float(np.mean([simple_tokenize(g) in {simple_tokenize(r) for r in refs}
-                                           for g, refs in zip(generated, references)]))
-    scores["empty_captions"] = int(sum(not simple_tokenize(g) for g in generated))
-    scores["items"] = len(generated)
-    return scores
+    corpus, per = coco_scores(generated, references)
+    similarity = embedding_similarity(generated, references, text_model)
+    exact = np.array([simple_tokenize(g) in {simple_tokenize(r) for r in refs} for g, refs in zip(generated, references)],
+                     dtype=np.float64)
+    n = len(generated)
+    metrics = {**corpus, "embedding_similarity": float(similarity.mean()), "exact_match": float(exact.mean())}
+    values = {"CIDEr-D": per["CIDEr-D"], "embedding_similarity": similarity, "exact_match": exact}
+    out = {}
+    for name, value in metrics.items():
+        out[name] = round(value, 4)
+        if name.startswith("BLEU"):
+            order = int(name[-1])
+            draws = bootstrap(per["bleu"], lambda sums, o=order: corpus_bleu(sums, o), resamples=resamples, seed=seed)
+        else:
+            draws = bootstrap(values[name], lambda sums: sums[:, 0] / n, resamples=resamples, seed=seed)
+        lo, hi = interval(draws)
+        out[f"{name}_ci95_lo"], out[f"{name}_ci95_hi"] = round(lo, 4), round(hi, 4)
+    out["empty_captions"] = int(sum(not simple_tokenize(g) for g in generated))
+    out["items"] = n
+    out["bootstrap"] = {"resamples": resamples, "level": 0.95, "over": "items", "seed": seed}
+    items = pd.DataFrame({"item_id": captions.item_id.to_numpy(), "CIDEr-D": per["CIDEr-D"],
+                          "embedding_similarity": similarity, "exact_match": exact,
+                          **{c: per["bleu"][:, j] for j, c in enumerate(BLEU_COLUMNS)}})
+    return out, items
 
 
 def sample_table(captions: pd.DataFrame, n: int, seed: int = 0) -> str:

@@ -238,7 +238,7 @@ class PerceiverParams(Strict):
     depth: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
     dim_head: int = Field(32, ge=1)
-    pool: Literal["perceiver", "mean"] = "perceiver"
+    pool: Literal["perceiver", "mean"] = "mean"
 
 
 class MRLParams(Strict):
@@ -274,6 +274,9 @@ class OptimizerParams(Strict):
     checkpoint_every: int = Field(50, ge=1)
     log_every: int = Field(10, ge=1)
     num_threads: Optional[int] = Field(None, ge=1)
+    # training randomness (initialisation, batches, dropout); null: the top-level seed, which also
+    # decides the data splits. A seed sweep varies this one and keeps the test set.
+    seed: Optional[int] = None
 
 
 class TrainParams(OptimizerParams):
@@ -291,7 +294,7 @@ class LossParams(Strict):
     temperature_init: float = Field(0.07, gt=0)
     learnable_temperature: bool = True
     pairs: list[Literal["image_text", "audio_text", "image_audio", "fused_text"]] = Field(
-        default_factory=lambda: ["image_text", "audio_text", "image_audio", "fused_text"], min_length=1
+        default_factory=lambda: ["image_text", "audio_text", "fused_text"], min_length=1
     )
 
 
@@ -299,10 +302,10 @@ class AlignParams(Strict):
     device: DeviceSpec = "auto"  # auto: the rank's own GPU, else the CPU
     dim: int = Field(128, ge=8)
     projection_dim: int = Field(256, ge=1)
-    text_head: Literal["mlp", "linear", "pca"] = "mlp"
-    freeze_text_head: bool = False
-    dropout: float = Field(0.0, ge=0, lt=1)
-    token_dropout: float = Field(0.0, ge=0, lt=1)
+    text_head: Literal["mlp", "linear", "pca"] = "pca"
+    freeze_text_head: bool = True
+    dropout: float = Field(0.1, ge=0, lt=1)
+    token_dropout: float = Field(0.3, ge=0, lt=1)
     linear_path: bool = True
     fusion: Literal["concat", "cross_attention", "gated"] = "gated"
     perceiver: PerceiverParams = PerceiverParams()
@@ -383,6 +386,7 @@ class EvaluateParams(Strict):
     chunk_size: int = Field(1024, ge=1)
     baseline_ridge: float = Field(100.0, ge=0)  # used when there is no val split to choose it
     caption_samples: int = Field(20, ge=0)  # generated vs reference rows in metrics/caption_samples.md
+    bootstrap_resamples: int = Field(1000, ge=100)  # 95% intervals of every R@K and caption metric
 
     @field_validator("recall_k")
     @classmethod
@@ -399,6 +403,16 @@ class Params(Strict):
     align: AlignParams = AlignParams()
     decode: DecodeParams = DecodeParams()
     evaluate: EvaluateParams = EvaluateParams()
+
+    @property
+    def align_seed(self) -> int:
+        """Seed of align's randomness: ``align.train.seed``, else ``seed``."""
+        return self.seed if self.align.train.seed is None else self.align.train.seed
+
+    @property
+    def decode_seed(self) -> int:
+        """Seed of decode's randomness (init, batches, dropout, sampling): ``decode.train.seed``, else ``seed``."""
+        return self.seed if self.decode.train.seed is None else self.decode.train.seed
 
 
 def _format_error(err: ValidationError, source: str) -> str:

@@ -50,7 +50,7 @@ def decode_fingerprint(params: Params, align_dir: Path, lm_dir: Path) -> str:
 def caption_batch(decoder: CaptionDecoder, data: FeatureSplit, cond: Conditioning, step: int, params: Params):
     """Step ``step``'s items (conditioning rows) and one caption each, on the conditioning's device."""
     t = params.decode.train
-    idx, choice = global_batch(step, 0, 1, t.batch_size, len(data), params.seed, data.caption_counts)
+    idx, choice = global_batch(step, 0, 1, t.batch_size, len(data), params.decode_seed, data.caption_counts)
     ids, mask = decoder.encode_captions([data.caption_texts[i][k] for i, k in zip(idx, choice)],
                                         params.decode.max_caption_tokens)
     device = cond.latents.device
@@ -69,7 +69,7 @@ def train_decoder(params: Params, decoder: CaptionDecoder, data: FeatureSplit, c
 
     def step_fn(step: int) -> dict:
         nonlocal tokens
-        torch.manual_seed(params.seed * 1_000_003 + step)  # LoRA / TRM dropout: the same draws after a resume
+        torch.manual_seed(params.decode_seed * 1_000_003 + step)  # LoRA / TRM dropout: the same draws after a resume
         lr = set_lr(opt, step, t)
         c, ids, mask = caption_batch(decoder, data, cond, step, params)
         with autocast(cond.latents.device, precision):
@@ -111,7 +111,7 @@ def run_decode(params: Params, features_dir: str | Path, manifest: str | Path, a
                             live_dir)
     t0 = time.perf_counter()
     with autocast(device, resolve_precision(dc.precision, device)):
-        captions = generate(decoder, eval_cond, dc.generate, seed=params.seed)
+        captions = generate(decoder, eval_cond, dc.generate, seed=params.decode_seed)
     seconds = time.perf_counter() - t0
     generated_tokens = sum(len(decoder.tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in captions)
     frame = pd.DataFrame({"item_id": eval_data.item_ids, "generated": captions,

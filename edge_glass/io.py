@@ -46,13 +46,17 @@ def atomic_path(path: str | Path):
 
 def read_metadata(path: str | Path) -> dict | None:
     """Our JSON metadata (key ``edge_glass``) of a safetensors file: shard ids and fingerprints, checkpoint
-    step and history. None if the file is missing, truncated, foreign or has none."""
-    from safetensors import safe_open
+    step and history. None if the file is missing, truncated, foreign or has none (the work is redone);
+    any other I/O error (permissions, a failing disk, a folder in its place) is raised, not taken for
+    "not there yet"."""
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             return json.loads((f.metadata() or {})["edge_glass"])
-    except Exception:
+    except FileNotFoundError:
+        return None
+    except (SafetensorError, KeyError, TypeError, ValueError):  # truncated, foreign, or not our metadata
         return None
 
 

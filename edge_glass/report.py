@@ -3,6 +3,7 @@ caption metrics and samples, and the Perceiver-latents ablation from `dvc exp sh
 
     python -m edge_glass.report                 # writes reports/report.md and reports/*.png
     python -m edge_glass.report --out DIR --no-experiments
+    python -m edge_glass.report --base-ref origin/main     # + paired comparison with a git revision
 """
 
 from __future__ import annotations
@@ -39,16 +40,35 @@ def save_line_plot(plt, fig, ax, out: Path) -> Path:
     return out
 
 
+def with_interval(r: dict | None, key: str) -> str:
+    """``0.291 [0.250, 0.330]``: a value and its bootstrap 95% interval when the metrics carry one."""
+    if not r or r.get(key) is None:
+        return "–"
+    lo, hi = r.get(f"{key}_ci95_lo"), r.get(f"{key}_ci95_hi")
+    return f"{r[key]:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{r[key]:.3f}"
+
+
 def retrieval_table(retrieval: dict) -> str:
-    lines = ["| task | R@1 | R@5 | R@10 | baseline R@1 | baseline R@5 |", "|---|---|---|---|---|---|"]
+    lines = ["| task | R@1 [95% CI] | R@5 [95% CI] | R@10 | baseline R@1 [95% CI] | baseline R@5 |",
+             "|---|---|---|---|---|---|"]
     for task in TASKS:
         r = retrieval["trained"].get(task)
         if r is None:
             continue
         b = retrieval["baseline"].get(task, {})
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(f"| {task} | {fmt(r.get('R@1'))} | {fmt(r.get('R@5'))} | {fmt(r.get('R@10'))} | "
-                     f"{fmt(b.get('R@1'))} | {fmt(b.get('R@5'))} |")
+        lines.append(f"| {task} | {with_interval(r, 'R@1')} | {with_interval(r, 'R@5')} | {fmt(r.get('R@10'))} | "
+                     f"{with_interval(b, 'R@1')} | {fmt(b.get('R@5'))} |")
+    return "\n".join(lines)
+
+
+def source_table(retrieval: dict) -> str:
+    """R@1 per source, with what each source's audio is (a spoken caption is partly a speech test)."""
+    lines = ["| source | items | audio | task | R@1 [95% CI] |", "|---|---|---|---|---|"]
+    for source, res in retrieval.get("by_source", {}).items():
+        for task in TASKS:
+            if task in res:
+                lines.append(f"| {source} | {res['items']} | {res['audio']} | {task} | {with_interval(res[task], 'R@1')} |")
     return "\n".join(lines)
 
 
@@ -128,7 +148,7 @@ def plot_ablation(rows: pd.DataFrame, out: Path) -> Path:
     return save_line_plot(plt, fig, ax, out)
 
 
-def build_report(repo: Path, out: Path, experiments: bool = True) -> Path:
+def build_report(repo: Path, out: Path, experiments: bool = True, base_ref: str | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     metrics = repo / "metrics"
     retrieval_path = metrics / "retrieval.json"
@@ -138,7 +158,13 @@ def build_report(repo: Path, out: Path, experiments: bool = True) -> Path:
     parts = ["# edge_glass report", "",
              f"Split `{retrieval['split']}`, {retrieval['items']} items. Trained = align model at the largest MRL dim; "
              "baseline = ridge map of frozen pooled features (no training).", "",
-             "## Retrieval", "", retrieval_table(retrieval), ""]
+             "## Retrieval", "", "Intervals: bootstrap 95% over the test queries "
+             f"({retrieval.get('bootstrap', {}).get('resamples', '?')} resamples).", "", retrieval_table(retrieval), ""]
+    if retrieval.get("by_source"):
+        parts += ["### By source", "", "A caption read aloud (emoji: espeak-ng; Asterisk: a human recording of the "
+                  "transcript) makes audio->text partly a test of recognising the caption's own words; only "
+                  "sources whose audio is a sound described by the captions measure audio understanding.", "",
+                  source_table(retrieval), ""]
     if (metrics / "recall_by_dim.csv").exists():
         plot_recall_by_dim(metrics / "recall_by_dim.csv", out / "recall_by_dim.png")
         parts += ["## R@1 vs MRL dim", "", "![R@1 vs MRL dim](recall_by_dim.png)", ""]
@@ -148,12 +174,20 @@ def build_report(repo: Path, out: Path, experiments: bool = True) -> Path:
         caps = json.loads((metrics / "captions.json").read_text())
         summary_path = repo / "data" / "decode" / "decode_summary.json"
         kind = json.loads(summary_path.read_text()).get("kind", "?") if summary_path.exists() else "?"
-        parts += ["## Captions", "", f"Decoder: `{kind}`.", "", "| metric | value |", "|---|---|"]
-        parts += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in caps.items()]
+        parts += ["## Captions", "", f"Decoder: `{kind}`; intervals: bootstrap 95% over items.", "",
+                  "| metric | value [95% CI] |", "|---|---|"]
+        parts += [f"| {k} | {with_interval(caps, k)} |" for k, v in caps.items()
+                  if isinstance(v, float) and "_ci95_" not in k]
+        parts += [f"| {k} | {caps[k]} |" for k in ("empty_captions", "items") if k in caps]
         parts.append("")
         samples = metrics / "caption_samples.md"
         if samples.exists():
             parts += ["### Samples", "", *samples.read_text().splitlines()[2:], ""]
+    if base_ref:
+        from edge_glass.compare import compare, markdown
+
+        rows = compare(repo, None, base_ref)
+        parts += [markdown(rows, f"Paired comparison vs `{base_ref}`"), ""]
     if experiments:
         table = experiments_table(repo)
         rows = ablation_rows(table) if table is not None else None
@@ -175,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", default=".", help="repository root (default: .)")
     parser.add_argument("--out", default="reports", help="output folder (default: reports)")
     parser.add_argument("--no-experiments", action="store_true", help="skip `dvc exp show` (ablation section)")
+    parser.add_argument("--base-ref", help="git revision to compare with (paired bootstrap per metric)")
     args = parser.parse_args(argv)
     try:
-        report = build_report(Path(args.repo), Path(args.out), not args.no_experiments)
+        report = build_report(Path(args.repo), Path(args.out), not args.no_experiments, args.base_ref)
     except FileNotFoundError as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 3

@@ -1,32 +1,47 @@
-"""evaluate stage: retrieval Recall@K on the test split for every MRL dim, and a no-training baseline."""
+"""evaluate stage: retrieval Recall@K on the test split for every MRL dim, and a no-training baseline,
+each with bootstrap 95% intervals; caption metrics with intervals; per-query results for paired PR diffs."""
 
 from pathlib import Path
 
 import pandas as pd
 
+from edge_glass.align import load_model
 from edge_glass.caption_metrics import caption_metrics, sample_table
 from edge_glass.cli import run_stage, stage_parser
 from edge_glass.evaluate import run_evaluate
 from edge_glass.io import atomic_path, write_json
-from edge_glass.align import load_model
+
+
+def fmt(r: dict | None, key: str) -> str:
+    if not r or key not in r:
+        return "–"
+    ci = f" [{r[key + '_ci95_lo']:.3f}, {r[key + '_ci95_hi']:.3f}]" if key + "_ci95_lo" in r else ""
+    return f"{r[key]:.3f}{ci}"
 
 
 def main(params, args):
-    metrics, by_dim = run_evaluate(params, args.features, args.manifest, load_model(args.model))
+    metrics, by_dim, per_query = run_evaluate(params, args.features, args.manifest, load_model(args.model))
     write_json(metrics, Path(args.metrics))
     with atomic_path(args.plot) as tmp:
         by_dim.to_csv(tmp, index=False)
+    with atomic_path(args.queries) as tmp:
+        per_query.to_parquet(tmp, index=False)
+    ks = [f"R@{k}" for k in params.evaluate.recall_k[:2]]
     for task, r in metrics["trained"].items():
-        base = metrics["baseline"].get(task, {}).get("R@1")
-        print(f"{task:>14}: R@1 {r['R@1']:.3f}  R@5 {r['R@5']:.3f}  (baseline R@1 {base if base is None else f'{base:.3f}'})")
+        shown = "  ".join(f"{k} {fmt(r, k)}" for k in ks)
+        print(f"{task:>14}: {shown}  (baseline {ks[0]} {fmt(metrics['baseline'].get(task), ks[0])})")
     if args.captions:
         captions = pd.read_parquet(args.captions)
-        scores = caption_metrics(captions, params.preprocess.text.model)
+        scores, items = caption_metrics(captions, params.preprocess.text.model,
+                                        resamples=params.evaluate.bootstrap_resamples, seed=params.seed)
         write_json(scores, Path(args.caption_metrics))
+        with atomic_path(args.caption_items) as tmp:
+            items.to_parquet(tmp, index=False)
         with atomic_path(args.caption_samples) as tmp:
             tmp.write_text(f"# Generated captions ({len(captions)} items, {params.evaluate.caption_samples} shown)\n\n"
                            + sample_table(captions, params.evaluate.caption_samples, params.seed))
-        print("captions: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items()))
+        print("captions: " + ", ".join(f"{k} {fmt(scores, k)}" for k in ("BLEU-4", "CIDEr-D", "embedding_similarity"))
+              + f", {scores['items']} items")
 
 
 if __name__ == "__main__":
@@ -36,7 +51,10 @@ if __name__ == "__main__":
     parser.add_argument("--model", default="data/align", help="folder with model.safetensors and model.json")
     parser.add_argument("--metrics", default="metrics/retrieval.json")
     parser.add_argument("--plot", default="metrics/recall_by_dim.csv", help="R@K per MRL dim (DVC plot)")
+    parser.add_argument("--queries", default="metrics/retrieval_queries.parquet",
+                        help="per-query first-hit ranks (trained and baseline, top MRL dim): paired PR comparisons")
     parser.add_argument("--captions", default="data/decode/captions.parquet", help="decode output ('' to skip)")
     parser.add_argument("--caption-metrics", default="metrics/captions.json")
+    parser.add_argument("--caption-items", default="metrics/caption_items.parquet", help="per-item caption statistics")
     parser.add_argument("--caption-samples", default="metrics/caption_samples.md")
     run_stage("evaluate", parser, main)

@@ -1,29 +1,13 @@
 import os
-import shutil
-from pathlib import Path
 
 import pytest
-import yaml
 
 from edge_glass.config import parse_params
 from edge_glass.download import build_manifest
+from helpers.setup import TINY_ALIGN, small_params
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
-ASTERISK = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
-
-
-def small_params(tmp: Path, **download) -> dict:
-    """Params dict for a small real subset; written to tmp/params.yaml."""
-    raw = {
-        "seed": 0,
-        "download": {"limit_per_source": 12, **download},
-        "preprocess": {"shard_size": 8, "vision": {"batch_size": 8}, "audio": {"batch_size": 8}},
-    }
-    (tmp / "params.yaml").write_text(yaml.safe_dump(raw))
-    return raw
 
 
 @pytest.fixture(scope="session")
@@ -35,11 +19,6 @@ def small_download(tmp_path_factory):
     return root, raw, stats
 
 
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
 @pytest.fixture(scope="session")
 def small_features(small_download, tmp_path_factory):
     """Features of the small download (real encoders), shared by the align/evaluate tests."""
@@ -49,14 +28,6 @@ def small_features(small_download, tmp_path_factory):
     out = tmp_path_factory.mktemp("small_features")
     run_preprocess(parse_params(raw), root / "data" / "download" / "manifest.parquet", out)
     return root / "data" / "download" / "manifest.parquet", out
-
-
-TINY_ALIGN = {
-    "dim": 16, "projection_dim": 32, "text_head": "mlp", "freeze_text_head": False, "token_dropout": 0.3,
-    "perceiver": {"num_latents": 4, "depth": 1, "heads": 2, "dim_head": 8},
-    "mrl": {"dims": [32, 16]},
-    "train": {"steps": 6, "batch_size": 8, "warmup_steps": 2, "checkpoint_every": 2, "log_every": 1, "eval_every": 3},
-}
 
 
 @pytest.fixture(scope="session")

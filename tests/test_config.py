@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from helpers.setup import REPO
 from edge_glass.config import ParamsError, load_params, parse_params
 from edge_glass.params import compose
 
@@ -110,3 +110,20 @@ def test_encoders_take_their_batch_size_from_their_own_section():
     assert vision.info.name == "efficientnet-lite0/random" and vision.info.weights == {}
     tokens, pooled = vision.forward([torch.zeros(3, 224, 224)] * 2)
     assert tokens[0].shape == (49, 1280) and pooled.dtype == torch.float32 and pooled.device.type == "cpu"
+
+
+def test_config_py_defaults_are_the_conf_defaults():
+    """conf/ is the home of defaults; config.py repeats them only as the schema's fallbacks and must agree,
+    so a reader of config.py (or a test building Params() from a partial dict) sees what actually runs."""
+    from edge_glass.config import Params
+
+    def leaves(tree, path=""):
+        if isinstance(tree, dict):
+            for k, v in tree.items():
+                yield from leaves(v, f"{path}.{k}" if path else k)
+        else:
+            yield path, tree
+
+    conf = dict(leaves(parse_params(compose(conf_dir=REPO / "conf")).model_dump()))
+    schema = dict(leaves(Params().model_dump()))
+    assert {k: (schema[k], v) for k, v in conf.items() if schema[k] != v} == {}

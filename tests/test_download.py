@@ -9,7 +9,7 @@ import soundfile as sf
 from PIL import Image
 
 import edge_glass.sources.online as online
-from conftest import ASTERISK
+from helpers.setup import ASTERISK
 from edge_glass.config import parse_params
 from edge_glass.download import build_manifest
 from edge_glass.manifest import assign_split, dedupe_captions, media_ref, read_manifest

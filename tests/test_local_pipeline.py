@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import REPO, TINY_ALIGN
+from helpers.setup import REPO, TINY_ALIGN
 from edge_glass import sample_datasets as sd
 from edge_glass.config import parse_params
 from edge_glass.download import build_manifest
@@ -34,10 +34,10 @@ def test_every_format_runs_through_align_and_evaluate(tmp_path):
     assert pre["audio"]["encoded"] == manifest.audio_shard.notna().sum() == stats["with_audio"]
     assert pre["text"]["encoded"] == stats["captions"] and pre["image"]["rejected"] == pre["audio"]["rejected"] == 0
     train(params, out / "features", out / "download" / "manifest.parquet", out / "align", None)
-    metrics, by_dim = run_evaluate(params, out / "features", out / "download" / "manifest.parquet", load_model(out / "align"))
+    metrics, by_dim, _ = run_evaluate(params, out / "features", out / "download" / "manifest.parquet", load_model(out / "align"))
     assert {"image_to_text", "audio_to_text", "text_to_image", "text_to_audio"} <= set(metrics["trained"])
     test_items = (manifest.split == "test").sum()
-    assert 0 < test_items and set(by_dim.dim) == {32, 16}
+    assert 0 < test_items and set(by_dim.dim) == {24, 12}
 
 
 @pytest.mark.slow

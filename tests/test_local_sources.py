@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO
+from helpers.setup import REPO
 from edge_glass import sample_datasets as sd
 from edge_glass.config import ParamsError, parse_params
 from edge_glass.download import build_manifest

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import REPO, TINY_ALIGN
+from helpers.setup import REPO, TINY_ALIGN
 
 
 def run(cmd, cwd):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO
+from helpers.setup import REPO
 from helpers.run_if import requires_cuda
 from edge_glass.config import parse_params
 from edge_glass.features import FeatureStore, read_shard

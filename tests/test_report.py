@@ -2,7 +2,7 @@ import shutil
 
 import pandas as pd
 
-from conftest import REPO
+from helpers.setup import REPO
 from edge_glass.report import ablation_rows, build_report
 
 

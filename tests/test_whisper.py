@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ASTERISK
+from helpers.setup import ASTERISK
 from edge_glass.encoders.audio import resolve_ctranslate2_dir
 from edge_glass.encoders.whisper import (
     batch_mels, encoder_from_ctranslate2, encoder_from_transformers, log_mel, read_ctranslate2,

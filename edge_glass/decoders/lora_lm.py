@@ -12,11 +12,11 @@ from edge_glass.decoders.registry import register_decoder
 
 @register_decoder("lora_lm")
 def build(params, latent_dim: int, embedding_dim: int, lm_dir, captions, device: torch.device) -> "LoraLMDecoder":
-    """The frozen LM (``decode.lm``) with fresh LoRA adapters and projector, seeded by ``params.seed``."""
+    """The frozen LM (``decode.lm``) with fresh LoRA adapters and projector, seeded by ``params.decode_seed``."""
     from edge_glass.lm import load_lm
 
     lm, tokenizer = load_lm(params.decode.lm, lm_dir, device)
-    torch.manual_seed(params.seed)
+    torch.manual_seed(params.decode_seed)
     decoder = LoraLMDecoder(lm, tokenizer, params.decode.lm, latent_dim, embedding_dim)
     if params.decode.lm.quantization == "none":
         return decoder.to(device)

@@ -74,7 +74,9 @@ class TRMDecoder(CaptionDecoder):
         self.token_embedding = nn.Embedding(len(ids), params.dim)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         self.positions = nn.Parameter(torch.randn(MAX_POSITIONS, params.dim) * 0.02)
-        self.z_init = nn.Parameter(torch.zeros(params.dim))
+        # the latent state starts from a fixed vector (a buffer, as TRM's own z_init): with cycles >= 2 the
+        # first cycle runs without gradient, so a parameter here would never train
+        self.register_buffer("z_init", torch.zeros(params.dim), persistent=False)
         self.projector = Projector(latent_dim, embedding_dim, params.dim)
         self.net = RecursiveNet(params.dim, params.layers, params.heads, params.dropout)
         self.norm_out = nn.LayerNorm(params.dim)
@@ -117,7 +119,7 @@ def caption_vocabulary(tokenizer, captions: list[str]) -> list[int]:
 
 @register_decoder("trm")
 def build(params, latent_dim: int, embedding_dim: int, lm_dir, captions, device: torch.device) -> TRMDecoder:
-    """A fresh TRM with the LM's tokenizer (``decode.lm.model``), seeded by ``params.seed``."""
+    """A fresh TRM with the LM's tokenizer (``decode.lm.model``), seeded by ``params.decode_seed``."""
     from transformers import AutoTokenizer
 
     from edge_glass.lm import resolve_lm
@@ -128,5 +130,5 @@ def build(params, latent_dim: int, embedding_dim: int, lm_dir, captions, device:
         if not captions:
             raise ValueError("decode.trm.vocab=caption needs the training captions")
         vocabulary = caption_vocabulary(tokenizer, captions)
-    torch.manual_seed(params.seed)
+    torch.manual_seed(params.decode_seed)
     return TRMDecoder(tokenizer, params.decode.trm, latent_dim, embedding_dim, vocabulary).to(device)

@@ -37,11 +37,6 @@ class MRLHead(nn.Module):
         return x
 
 
-def mrl_embeddings(z: torch.Tensor, dims: list[int]) -> dict[int, torch.Tensor]:
-    """L2-normalised prefixes of ``z`` for every MRL dim."""
-    return {d: F.normalize(z[..., :d], dim=-1) for d in dims}
-
-
 class MomentAccumulator:
     """Streaming float64 sums (n, sum x, sum x x^T) over row chunks: memory O(d^2), not O(n d).
 

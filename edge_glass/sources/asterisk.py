@@ -39,6 +39,7 @@ def read_transcripts(path: str | Path) -> dict[str, str]:
 class AsteriskSource(Source):
     """The Asterisk core English prompts: real speech (8 kHz) with exact transcripts."""
 
+    audio_kind = "speech: a human recording of the caption (its transcript)"
     license = LICENSE
     attribution = ATTRIBUTION
 

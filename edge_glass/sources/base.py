@@ -43,6 +43,9 @@ class Source:
     attribution = ""
     # how items are grouped for hash splits: items of one group always land in one split
     group_doc = "the item itself"
+    # what an item's audio is, reported with the per-source metrics: a caption read aloud makes
+    # audio->text partly a speech-recognition test of the caption itself
+    audio_kind = "sound described by the captions"
 
     def __init__(self, name: str, params: DownloadParams):
         self.name = name

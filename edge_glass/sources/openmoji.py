@@ -90,6 +90,7 @@ class OpenMojiSource(Source):
     """Every fully-qualified emoji rendered with the OpenMoji font; captions are its CLDR name and
     aliases; with ``speak_captions`` the first caption is also spoken (an image+audio+text triple)."""
 
+    audio_kind = "speech: the first caption read by espeak-ng (synthetic)"
     license = LICENSE
     attribution = ATTRIBUTION
     group_doc = "the emoji name without man/woman/person words (near-identical glyphs share a split)"
