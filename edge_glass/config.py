@@ -396,6 +396,15 @@ class EvaluateParams(Strict):
         return sorted(set(v))
 
 
+class ReportParams(Strict):
+    """The HTML report (``python -m edge_glass.report --html``, the ``report`` stage)."""
+
+    samples: int = Field(12, ge=1)  # random queries per direction, worst failures, caption cards
+    top_k: int = Field(5, ge=1, le=50)
+    thumbnail_px: int = Field(128, ge=16, le=512)
+    audio_seconds: float = Field(5.0, gt=0, le=30)
+
+
 class Params(Strict):
     seed: int = 0
     download: DownloadParams = DownloadParams()
@@ -403,6 +412,7 @@ class Params(Strict):
     align: AlignParams = AlignParams()
     decode: DecodeParams = DecodeParams()
     evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
 
     @property
     def align_seed(self) -> int:
