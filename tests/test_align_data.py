@@ -209,11 +209,13 @@ def test_gpu_smoke_script_runs_every_stage_on_the_cpu(tmp_path):
     smoke media + random-weight models -> download -> preprocess -> align -> decode -> evaluate, then
     the preprocess, decode and align benchmarks."""
     env = {**os.environ, "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out")}
+    committed = {p: p.read_bytes() for p in sorted((REPO / "metrics").rglob("*")) if p.is_file()}
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_smoke.sh"), "--device", "cpu", "--tiny", "--items", "48",
                            "--bench-items", "300", "--steps", "4", "--bench-steps", "2", "--batch", "32", "--workers", "2"],
                           cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "smoke_stages device=cpu" in proc.stdout
+    assert {p: p.read_bytes() for p in committed} == committed  # it writes nothing into the repository's metrics/
     pre = json.loads((tmp_path / "out" / "preprocess.json").read_text())
     assert {m: pre[m]["encoded"] for m in ("image", "audio")} == {"image": 48, "audio": 48} and pre["text"]["encoded"] == 96
     captions = json.loads((tmp_path / "out" / "captions.json").read_text())
