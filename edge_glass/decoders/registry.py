@@ -12,17 +12,12 @@ from typing import Callable
 
 import torch
 
+from edge_glass.registry import registrar
+
 DECODERS: dict[str, Callable] = {}
 
 
-def register_decoder(kind: str):
-    def add(fn):
-        if kind in DECODERS:
-            raise ValueError(f"decoder {kind!r} registered twice")
-        DECODERS[kind] = fn
-        return fn
-
-    return add
+register_decoder = registrar(DECODERS, "decoder")
 
 
 def build_decoder(params, latent_dim: int, embedding_dim: int, lm_dir: str | Path, captions: list[str] | None = None,

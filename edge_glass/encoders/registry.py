@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from typing import Callable
 
+from edge_glass.registry import registrar
+
 ENCODERS: dict[tuple[str, str], Callable] = {}
 SECTIONS = {"image": "vision", "audio": "audio", "text": "text"}  # modality -> preprocess params section
 
 
-def register_encoder(modality: str, backend: str):
-    def add(cls):
-        if (modality, backend) in ENCODERS:
-            raise ValueError(f"encoder {(modality, backend)} registered twice")
-        ENCODERS[(modality, backend)] = cls
-        return cls
+_register = registrar(ENCODERS, "encoder")
 
-    return add
+
+def register_encoder(modality: str, backend: str):
+    return _register((modality, backend))
 
 
 def encoder_params(modality: str, preprocess):

@@ -9,22 +9,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+from edge_glass.registry import registrar
+
 SOURCES: dict[str, Callable] = {}
 FORMATS: dict[str, Callable] = {}
 
 
-def register_source(name: str, registry: dict[str, Callable] = SOURCES):
-    def add(cls):
-        if name in registry:
-            raise ValueError(f"source {name!r} registered twice")
-        registry[name] = cls
-        return cls
-
-    return add
-
-
-def register_format(name: str):
-    return register_source(name, FORMATS)
+register_source = registrar(SOURCES, "source")
+register_format = registrar(FORMATS, "format")
 
 
 def build_sources(params) -> list:
