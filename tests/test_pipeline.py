@@ -27,6 +27,8 @@ def test_dvc_repro_then_noop(tmp_path):
     params["align"]["train"].update(tiny.pop("train"), batch_size=4, steps=4)
     params["align"]["perceiver"].update(tiny.pop("perceiver"))
     params["align"].update(tiny)
+    params["align"]["projection_dim"] = 8  # the PCA text head needs >= projection_dim captions (12 in train here)
+    params["align"]["mrl"]["dims"] = [8, 4]
     params["evaluate"]["split"] = "train"  # 12 items leave too few in test for a meaningful gallery
     params["decode"].update(kind="trm", split="train", prefix_tokens=2)
     params["decode"]["trm"].update(dim=32, heads=2)
@@ -34,8 +36,9 @@ def test_dvc_repro_then_noop(tmp_path):
     params["decode"]["generate"].update(max_new_tokens=4)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run("dvc repro", clone)
-    for stage in ("download", "preprocess", "align", "prepare_lm", "decode", "evaluate"):
+    for stage in ("download", "preprocess", "align", "prepare_lm", "decode", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out
+    assert (clone / "reports" / "index.html").read_text().count('class=query') > 0
     captions = json.loads((clone / "metrics" / "captions.json").read_text())
     train_items = json.loads((clone / "metrics" / "download.json").read_text())["splits"]["train"]
     assert captions["items"] == train_items and {"BLEU-4", "CIDEr-D", "embedding_similarity"} <= set(captions)
