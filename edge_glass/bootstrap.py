@@ -56,15 +56,21 @@ def mean_ci(values: np.ndarray, *, resamples: int = RESAMPLES, seed: int = 0) ->
     return interval(bootstrap(values, lambda sums: sums[:, 0] / n, resamples=resamples, seed=seed))
 
 
-def paired_mean_diff(new: np.ndarray, old: np.ndarray, *, resamples: int = RESAMPLES, seed: int = 0) -> dict:
-    """Mean(new) - mean(old) over the same items, its paired 95% interval, and whether it excludes 0."""
-    new, old = np.asarray(new, dtype=np.float64), np.asarray(old, dtype=np.float64)
+def paired_difference(new: np.ndarray, old: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], *,
+                      resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """statistic(new) − statistic(old) over the same items, its paired 95% interval (every resample draws
+    the same rows of both) and whether the interval excludes 0. ``new``/``old``: (n, s) per-item
+    statistics; ``statistic`` maps (r, s) count-weighted sums to (r,) values (a mean: ``sums[:, 0] / n``)."""
+    new = np.asarray(new, dtype=np.float64).reshape(len(new), -1)
+    old = np.asarray(old, dtype=np.float64).reshape(len(old), -1)
     if new.shape != old.shape:
         raise ValueError(f"paired bootstrap needs the same items on both sides ({new.shape} vs {old.shape})")
-    diff = new - old
-    lo, hi = mean_ci(diff, resamples=resamples, seed=seed)
-    return {"diff": float(diff.mean()) if len(diff) else float("nan"), "ci95": [lo, hi],
-            "significant": bool(lo > 0 or hi < 0)}
+    s = new.shape[1]
+    draws = bootstrap(np.concatenate([new, old], axis=1),
+                      lambda sums: statistic(sums[:, :s]) - statistic(sums[:, s:]), resamples=resamples, seed=seed)
+    point = float(statistic(new.sum(0)[None])[0] - statistic(old.sum(0)[None])[0])
+    lo, hi = interval(draws)
+    return {"diff": point, "lo": lo, "hi": hi, "significant": bool(lo > 0 or hi < 0)}
 
 
 def with_ci(metrics: dict[str, float], per_item: dict[str, np.ndarray], *, resamples: int = RESAMPLES,

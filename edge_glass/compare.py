@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from edge_glass.bootstrap import RESAMPLES, bootstrap, interval
+from edge_glass.bootstrap import RESAMPLES, paired_difference
 from edge_glass.caption_metrics import BLEU_COLUMNS, corpus_bleu
 
 QUERIES = "metrics/retrieval_queries.parquet"
@@ -39,19 +39,6 @@ def read_at(path: str, base_dir: Path | None = None, ref: str | None = None) -> 
     return pd.read_parquet(file) if file.exists() else None
 
 
-def paired_stat(new: np.ndarray, old: np.ndarray, statistic, resamples: int, seed: int) -> dict:
-    """statistic(new) − statistic(old) and its paired bootstrap interval: every resample draws the same
-    rows of both. ``new``/``old``: (n, s) per-query statistics; ``statistic`` maps (r, s) sums -> (r,)."""
-    new = np.asarray(new, dtype=np.float64).reshape(len(new), -1)
-    old = np.asarray(old, dtype=np.float64).reshape(len(old), -1)
-    s = new.shape[1]
-    draws = bootstrap(np.concatenate([new, old], axis=1),
-                      lambda sums: statistic(sums[:, :s]) - statistic(sums[:, s:]), resamples=resamples, seed=seed)
-    point = float(statistic(new.sum(0)[None])[0] - statistic(old.sum(0)[None])[0])
-    lo, hi = interval(draws)
-    return {"diff": point, "lo": lo, "hi": hi, "significant": bool(lo > 0 or hi < 0)}
-
-
 def compare_retrieval(new: pd.DataFrame, old: pd.DataFrame, resamples: int, seed: int) -> list[dict]:
     rows = []
     keys = ["model", "task", "query"]
@@ -61,7 +48,7 @@ def compare_retrieval(new: pd.DataFrame, old: pd.DataFrame, resamples: int, seed
         for k in KS:
             hit_new = (group["rank_new"].to_numpy() < k).astype(np.float64)[:, None]
             hit_old = (group["rank_old"].to_numpy() < k).astype(np.float64)[:, None]
-            res = paired_stat(hit_new, hit_old, lambda sums: sums[:, 0] / n, resamples, seed)
+            res = paired_difference(hit_new, hit_old, lambda sums: sums[:, 0] / n, resamples=resamples, seed=seed)
             rows.append({"metric": f"{model} {task} R@{k}", "base": hit_old.mean(), "new": hit_new.mean(), "n": n, **res})
     return rows
 
@@ -75,13 +62,13 @@ def compare_captions(new: pd.DataFrame, old: pd.DataFrame, resamples: int, seed:
     for name in ("CIDEr-D", "embedding_similarity", "exact_match"):
         a, b = joined[f"{name}_new"].to_numpy()[:, None], joined[f"{name}_old"].to_numpy()[:, None]
         rows.append({"metric": f"captions {name}", "base": b.mean(), "new": a.mean(), "n": n,
-                     **paired_stat(a, b, lambda sums: sums[:, 0] / n, resamples, seed)})
+                     **paired_difference(a, b, lambda sums: sums[:, 0] / n, resamples=resamples, seed=seed)})
     a = joined[[f"{c}_new" for c in BLEU_COLUMNS]].to_numpy()
     b = joined[[f"{c}_old" for c in BLEU_COLUMNS]].to_numpy()
     for order in (1, 4):
         rows.append({"metric": f"captions BLEU-{order}", "base": float(corpus_bleu(b.sum(0), order)[0]),
                      "new": float(corpus_bleu(a.sum(0), order)[0]), "n": n,
-                     **paired_stat(a, b, lambda sums, o=order: corpus_bleu(sums, o), resamples, seed)})
+                     **paired_difference(a, b, lambda sums, o=order: corpus_bleu(sums, o), resamples=resamples, seed=seed)})
     return rows
 
 

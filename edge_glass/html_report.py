@@ -29,6 +29,7 @@ import yaml
 
 from edge_glass.config import Params
 from edge_glass.manifest import media_ref, read_manifest
+from edge_glass.retrieval import query_ranks
 
 DIRECTIONS = [("image", "text"), ("text", "image"), ("audio", "text"), ("text", "audio"), ("fused", "text")]
 
@@ -144,7 +145,7 @@ def direction_section(src: str, dst: str, emb: dict, cap_ids: list[str], texts: 
     rng = np.random.default_rng([params.seed, 7, len(src), len(dst)])
     sample = sorted(rng.choice(len(own_q), size=min(cfg.samples, len(own_q)), replace=False).tolist())
     task = f"{src}_to_{dst}"
-    true_rank = _ranks(sims, own_q, own_g)
+    true_rank = query_ranks(zq, own_q, zg, own_g)  # the evaluate stage's ranks, ties by gallery index
     worst = [int(i) for i in np.argsort(-true_rank, kind="stable")[: cfg.samples]]
     if ranks is not None:
         recorded = ranks[(ranks.model == "trained") & (ranks.task == task)]
@@ -171,19 +172,6 @@ def direction_section(src: str, dst: str, emb: dict, cap_ids: list[str], texts: 
     return (f'<section id="{task}"><h2>{esc(src)} → {esc(dst)}</h2>'
             f'<h3>Random test queries (seeded)</h3>{"".join(block(q) for q in sample)}'
             f'<h3>Worst failures (true item ranked lowest)</h3>{"".join(block(q) for q in worst)}</section>')
-
-
-def _ranks(sims: torch.Tensor, own_q: list, own_g: list) -> np.ndarray:
-    """First-hit rank per query, ties by gallery index (as edge_glass.retrieval.query_ranks)."""
-    codes = {o: i for i, o in enumerate(dict.fromkeys([*own_q, *own_g]))}
-    q = torch.tensor([codes[o] for o in own_q])
-    g = torch.tensor([codes[o] for o in own_g])
-    positive = g[None, :] == q[:, None]
-    best = torch.where(positive, sims, torch.full_like(sims, float("-inf"))).max(1).values
-    index = torch.arange(len(own_g))
-    first = torch.where(positive & (sims == best[:, None]), index, len(own_g)).min(1).values
-    ahead = (sims > best[:, None]) | ((sims == best[:, None]) & (index[None, :] < first[:, None]))
-    return torch.where(positive.any(1), ahead.sum(1), len(own_g)).numpy()
 
 
 def captions_section(captions_path: Path, assets: Assets, params: Params) -> str:

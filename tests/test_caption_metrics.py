@@ -48,7 +48,7 @@ def test_corpus_bleu_from_per_item_stats_equals_pycocoevalcap():
 def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_items():
     import numpy as np
 
-    from edge_glass.bootstrap import mean_ci, paired_mean_diff
+    from edge_glass.bootstrap import mean_ci, paired_difference
 
     rng = np.random.default_rng(0)
     small, large = rng.random(50) < 0.3, rng.random(5000) < 0.3
@@ -60,8 +60,9 @@ def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_items():
     assert mean_ci(small.astype(float), seed=1) == (lo_s, hi_s)  # seeded
     base = rng.random(400) < 0.4
     better = base | (rng.random(400) < 0.15)  # the same queries, some misses turned into hits
-    assert paired_mean_diff(better, base)["significant"]
+    mean = lambda sums: sums[:, 0] / 400  # noqa: E731
+    assert paired_difference(better, base, mean)["significant"]
     noise = base.copy()
     flip = rng.choice(400, 6, replace=False)
     noise[flip] = ~noise[flip]
-    assert not paired_mean_diff(noise, base)["significant"]
+    assert not paired_difference(noise, base, mean)["significant"]
