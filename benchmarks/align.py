@@ -36,7 +36,7 @@ from edge_glass.data import FeatureSplit, global_batch, pad_tokens  # noqa: E402
 from edge_glass.distributed import DistInfo  # noqa: E402
 from edge_glass.manifest import media_ref, read_manifest  # noqa: E402
 from edge_glass.models.aligner import Batch  # noqa: E402
-from edge_glass.preprocess import build_encoder  # noqa: E402
+from edge_glass.encoders.registry import build_encoder  # noqa: E402
 from edge_glass.align import build_model, make_optimizer, train_step  # noqa: E402
 from edge_glass.loss import contrastive_loss  # noqa: E402
 
