@@ -39,9 +39,12 @@ def run_seed(name: str, seed: int, overrides: list[str]) -> None:
 
 def collect(name: str) -> pd.DataFrame:
     """One row per finished ``<name>-seed<k>`` experiment: its metrics columns (from `dvc exp show --csv`)."""
-    proc = subprocess.run(["dvc", "exp", "show", "--csv"], capture_output=True, text=True, check=True)
+    # --all-commits: a sweep may span commits (each experiment is listed under the commit it started from)
+    proc = subprocess.run(["dvc", "exp", "show", "--csv", "--all-commits"], capture_output=True, text=True, check=True)
     table = pd.read_csv(io.StringIO(proc.stdout))
     rows = table[table["Experiment"].fillna("").astype(str).str.fullmatch(rf"{name}-seed\d+")]
+    if "Created" in rows.columns:  # a name run again (an interrupted sweep restarted): its newest run counts
+        rows = rows.sort_values("Created").drop_duplicates("Experiment", keep="last")
     keep = [c for c in rows.columns if c.startswith(METRIC_PREFIXES) and "_ci95_" not in c
             and (".R@1" in c or ".R@5" in c or not c.startswith(("trained.", "baseline.")))]
     out = rows[["Experiment", *keep]].copy()
