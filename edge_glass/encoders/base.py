@@ -63,7 +63,6 @@ class FrozenEncoder:
         raise NotImplementedError
 
 
-def split_tokens(tokens: torch.Tensor, lengths: list[int] | None = None) -> list[torch.Tensor]:
-    """Padded (b, n, d) device tokens -> per-item float32 CPU tensors, with one device-to-host copy."""
-    host = tokens.float().cpu()
-    return list(host) if lengths is None else [t[:n] for t, n in zip(host, lengths)]
+def split_tokens(tokens: torch.Tensor) -> list[torch.Tensor]:
+    """(b, n, d) device tokens -> per-item float32 CPU tensors, with one device-to-host copy."""
+    return list(tokens.float().cpu())
