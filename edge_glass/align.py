@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from edge_glass.config import ParamsError, AlignParams, Params
 from edge_glass.data import FeatureSplit, drop_tokens, global_batch
-from edge_glass.device import autocast, enable_fast_matmul, resolve_precision
+from edge_glass.device import autocast, configure_kernels, resolve_precision
 from edge_glass.checkpoints import best_score, save_weights
 from edge_glass.distributed import DistInfo, barrier, sync_gradients
 from edge_glass.io import files_fingerprint, sha256_file, sha256_text, write_json
@@ -216,7 +216,7 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
         val = FeatureSplit(features_dir, manifest, "val")
     except ValueError:  # no validation items (tiny subsets): no val loss
         val = None
-    enable_fast_matmul(info.device)
+    configure_kernels(info.device)
     model = build_model(cfg, data, params.align_seed, val).to(info.device)
     opt = make_optimizer(model, cfg)
     fingerprint = run_fingerprint(params, features_dir)

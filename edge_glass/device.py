@@ -50,15 +50,31 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def enable_fast_matmul(device: torch.device) -> None:
-    """TF32 tensor cores for the fp32 matmuls that autocast leaves (CUDA only; CPU results unchanged)."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+def configure_kernels(device: torch.device) -> None:
+    """Kernel choices every stage makes once at its start: TF32 matmuls and deterministic algorithms.
+
+    TF32 tensor cores serve the fp32 matmuls that autocast leaves (CUDA only; CPU results unchanged).
+    ``torch.use_deterministic_algorithms`` picks the deterministic kernel wherever torch has one (cuDNN
+    convolutions, cuBLAS with a fixed workspace, sort-based scatter/index_add), so two runs on one GPU with
+    identical inputs give identical results. ``warn_only``: an op torch has no deterministic CUDA kernel
+    for warns (naming the op) instead of stopping the stage; such an op is the one place where runs on one
+    GPU may still differ. The CPU is left alone: the kernels these stages use there are deterministic
+    already (two CPU runs are bit-identical), and the flag would only add NaN-filling of every
+    ``torch.empty``. cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` when its handle is created, i.e. at the
+    first matmul, which comes after this call; a value the user set is kept.
+    """
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = False  # autotuning may pick a different algorithm in each run
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # a debugging aid, not a result change
 
 
 def stage_device(spec: str, key: str) -> torch.device:
-    """``resolve_device`` plus TF32 matmuls on CUDA: what every stage calls once at its start."""
+    """``resolve_device`` plus ``configure_kernels``: what every stage calls once at its start."""
     device = resolve_device(spec, key)
-    enable_fast_matmul(device)
+    configure_kernels(device)
     return device

@@ -203,6 +203,50 @@ def test_device_rule_names_the_key():
     assert resolve_precision("auto", torch.device("cuda", 0)) == torch.bfloat16
 
 
+@pytest.fixture
+def kernel_flags(monkeypatch):
+    """Restore torch's global kernel switches (and CUBLAS_WORKSPACE_CONFIG) after a test sets them."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+             torch.utils.deterministic.fill_uninitialized_memory)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+     torch.utils.deterministic.fill_uninitialized_memory) = saved[2:]
+
+
+def test_configure_kernels_makes_cuda_deterministic_and_leaves_the_cpu_alone(kernel_flags):
+    from edge_glass.device import configure_kernels
+
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = True
+    configure_kernels(torch.device("cpu"))
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    # The CUDA branch only sets flags and an environment variable, so it can be checked without a GPU.
+    configure_kernels(torch.device("cuda", 0))
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    assert not torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":16:8"  # a user's own setting is kept
+    configure_kernels(torch.device("cuda", 0))
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+@requires_cuda
+def test_configured_cuda_sums_repeat_bit_for_bit(kernel_flags):
+    """index_add_ with repeated indices is an atomic-add race on CUDA unless deterministic kernels are on."""
+    from edge_glass.device import configure_kernels
+
+    configure_kernels(torch.device("cuda", 0))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    values = torch.randn(1 << 20, 64, device="cuda", generator=gen)
+    index = torch.randint(0, 16, (1 << 20,), device="cuda", generator=gen)
+    runs = [torch.zeros(16, 64, device="cuda").index_add_(0, index, values) for _ in range(5)]
+    assert all(torch.equal(runs[0], run) for run in runs[1:])
+
+
 @pytest.mark.slow
 def test_gpu_smoke_script_runs_every_stage_on_the_cpu(tmp_path):
     """benchmarks/gpu_smoke.sh is the device check; CI runs it with --device cpu at tiny sizes:
