@@ -61,6 +61,9 @@ class AudioCheckParams(Strict):
     min_duration_s: float = Field(0.3, gt=0)
     max_duration_s: float = Field(30.0, gt=0, le=30.0)
     silence_dbfs: float = Field(-50.0, le=0)
+    # a clip whose decoded float32 samples (frames x channels x 4 bytes, from the header) exceed this is
+    # refused before decoding: bounds each worker's memory whatever the rate or channel count
+    max_decoded_mb: int = Field(64, ge=1)
     format: Literal["flac", "wav"] = "flac"  # how download stores audio in its shards (16-bit PCM either way)
 
     @model_validator(mode="after")

@@ -52,6 +52,8 @@ def code_fingerprint() -> str:
 
 def safe_process(source: Source, cand) -> Sample | Reject:
     """``source.process`` that turns an unexpected error on one item into that item's reject."""
+    if cand.reject:  # an entry found unusable while listing: recorded, never processed
+        return Reject(cand.item_id, source.name, cand.reject)
     try:
         return source.process(cand)
     except Exception as exc:  # one item's fault must not kill the stage; systemic faults show in the chunk check
@@ -143,19 +145,25 @@ def process_chunk(source: Source, cands: list, chunk: Chunk, fingerprint: str, p
 
 
 def run_source(source: Source, d: DownloadParams, out_dir: Path, pool: ThreadPoolExecutor) -> tuple[list, dict]:
-    """Every record of one source (kept samples and rejects, in candidate order) and its chunk counts."""
+    """Every record of one source (kept samples and rejects, in candidate order) and its counts:
+    ``in`` (candidates read, counted as the source lists them, apart from any outcome: build_manifest
+    checks it against kept + rejected), ``chunks``, ``resumed_chunks``.
+
+    A limit stops reading: the candidates of the last chunk after the limit's last kept item count as
+    not read (they are no item's drop, and a bigger limit would read them)."""
     limit = getattr(source, "limit", d.limit_per_source)
     size = min(d.shard_size, limit) if limit else d.shard_size
     src_dir = out_dir / "media" / source.name
     src_dir.mkdir(parents=True, exist_ok=True)
     base = sha256_text(json.dumps({"source": source.fingerprint(), "code": code_fingerprint(), "chunk": size}))
-    records, kept, chunks, resumed = [], 0, 0, 0
+    records, kept, chunks, resumed, read = [], 0, 0, 0, 0
     cands_iter = iter(source.candidates())
     with tqdm(desc=f"download {source.name}", unit="item") as bar:
         for k in itertools.count():
             cands = list(itertools.islice(cands_iter, size))
             if not cands:
                 break
+            read += len(cands)
             chunks += 1
             fingerprint = sha256_text(base + f"\n{k}\n" + "\n".join(f"{c.item_id}\t{c.stamp}" for c in cands))
             chunk = Chunk(src_dir, k, out_dir, source.name)
@@ -165,14 +173,17 @@ def run_source(source: Source, d: DownloadParams, out_dir: Path, pool: ThreadPoo
             else:
                 resumed += 1
                 bar.update(len(recs))
-            for rec in recs:
+            if len(recs) != len(cands):  # a chunk holds one record per candidate, or items went missing
+                raise AssertionError(f"source {source.name!r}: chunk {k} has {len(recs)} records for {len(cands)} candidates")
+            for i, rec in enumerate(recs):
                 if limit and kept >= limit:
+                    read -= len(recs) - i
                     break
                 records.append(rec)
                 kept += isinstance(rec, Sample)
             if limit and kept >= limit:
                 break
-    return records, {"chunks": chunks, "resumed_chunks": resumed}
+    return records, {"in": read, "chunks": chunks, "resumed_chunks": resumed}
 
 
 def remove_stale_media(media_dir: Path, keep: set[Path]) -> int:
@@ -217,6 +228,16 @@ def finalise(ledger: Ledger, params: Params) -> None:
     ledger.samples = kept
 
 
+def check_reconciles(ledger: Ledger, read: dict[str, int]) -> None:
+    """Per source, ``in`` (candidates counted as they were read) = kept + rejected; a difference is an
+    item the code lost or invented on the way, a bug, so it stops the stage."""
+    out = Counter(s.source for s in ledger.samples) + Counter(r.source for r in ledger.rejects)
+    bad = [f"{name}: {read.get(name, 0)} in, {out[name]} kept + rejected"
+           for name in sorted(set(read) | set(out)) if read.get(name, 0) != out[name]]
+    if bad:
+        raise AssertionError(f"download counts do not reconcile (items lost or invented by the code): {'; '.join(bad)}")
+
+
 def build_manifest(params: Params, out_dir: str | Path) -> dict:
     """Run every source in ``download.sources`` and ``download.local``; write manifest, rejects, media shards.
 
@@ -237,16 +258,15 @@ def build_manifest(params: Params, out_dir: str | Path) -> dict:
             for k in range(chunk_stats[source.name]["chunks"]):
                 keep |= {out_dir / "media" / source.name / f"{k:05d}.{ext}" for ext in ("tar", "parquet")}
     remove_stale_media(out_dir / "media", keep)
-    seen = ledger.seen
     finalise(ledger, params)
-    if ledger.seen != seen:
-        raise AssertionError(f"download counts do not reconcile: {seen} in, {ledger.seen} kept + rejected")
+    read = {name: c["in"] for name, c in chunk_stats.items()}
+    check_reconciles(ledger, read)
     if not ledger.samples:
         names = [s.name for s in sources]
         raise RuntimeError(f"download kept no samples from {names}; see {out_dir / 'rejects.csv'} for reasons")
     write_manifest(ledger.samples, out_dir / "manifest.parquet")
     write_rejects(ledger.rejects, out_dir / "rejects.csv")
-    stats = download_stats(ledger)
+    stats = download_stats(ledger, read)
     for name, c in chunk_stats.items():
         # resumed chunks vary from run to run: logged, not a metric (a forced rerun must give equal metrics)
         log.info("%s: %d of %d chunks resumed", name, c["resumed_chunks"], c["chunks"])
@@ -275,7 +295,8 @@ def split_hygiene(samples: list[Sample]) -> dict:
     return out
 
 
-def download_stats(ledger: Ledger) -> dict:
+def download_stats(ledger: Ledger, read: dict[str, int]) -> dict:
+    """Counts for metrics/download.json; ``read``: per source, the candidates read (its ``in``)."""
     kept = Counter(s.source for s in ledger.samples)
     rejected = Counter(r.source for r in ledger.rejects)
     splits = Counter(s.split for s in ledger.samples)
@@ -283,7 +304,7 @@ def download_stats(ledger: Ledger) -> dict:
     for r in ledger.rejects:
         reasons.setdefault(r.source, Counter())[reason_kind(r.reason)] += 1
     return {
-        "in": ledger.seen,
+        "in": sum(read.values()),
         "kept": len(ledger.samples),
         "rejected": len(ledger.rejects),
         "splits": dict(sorted(splits.items())),
@@ -293,8 +314,8 @@ def download_stats(ledger: Ledger) -> dict:
         "captions": sum(len(s.captions) for s in ledger.samples),
         "split_hygiene": split_hygiene(ledger.samples),
         "sources": {
-            src: {"in": kept[src] + rejected[src], "kept": kept[src], "rejected": rejected[src],
+            src: {"in": read.get(src, 0), "kept": kept[src], "rejected": rejected[src],
                   "rejected_by_reason": dict(sorted(reasons.get(src, Counter()).items()))}
-            for src in sorted(set(kept) | set(rejected))
+            for src in sorted(set(read) | set(kept) | set(rejected))
         },
     }

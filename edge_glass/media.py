@@ -37,17 +37,62 @@ def resample(wav: np.ndarray, sr: int, sample_rate: int) -> np.ndarray:
     return resample_poly(wav, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
-def load_audio(src: str | Path | bytes | io.IOBase, sample_rate: int = 16000) -> np.ndarray:
-    """Decode an audio file (path, bytes or file object) to mono float32 at ``sample_rate``."""
+# libsndfile reports this many frames when a stream's length is unknown (not a real length)
+_UNKNOWN_FRAMES = 2**62
+
+
+def check_audio_header(frames: int, sr: int, channels: int, max_duration_s: float | None = None,
+                       max_decoded_mb: float | None = None) -> int | None:
+    """Refuse a clip from its header alone, before any sample is decoded; return the most frames that
+    may be decoded (None: no limit given).
+
+    ``max_duration_s``: frames / rate. ``max_decoded_mb``: the decoded float32 array, frames x channels
+    x 4 bytes (MiB), which bounds a worker's memory whatever the rate or channel count. A header that
+    does not know its length (a stream) passes here and is held to the returned cap while decoding.
+    """
+    if sr <= 0 or channels <= 0:
+        raise MediaError(f"audio decode failed (unsupported or corrupt): header has rate {sr}, {channels} channels")
+    caps = []
+    if max_duration_s is not None:
+        caps.append(int(max_duration_s * sr))
+    if max_decoded_mb is not None:
+        caps.append(int(max_decoded_mb * 2**20) // (4 * channels))
+    if 0 <= frames < _UNKNOWN_FRAMES:
+        if max_duration_s is not None and frames / sr > max_duration_s:
+            raise MediaError(f"audio too long ({frames / sr:.2f}s > download.audio.max_duration_s={max_duration_s}s, "
+                             "from the file header; not decoded)")
+        mb = frames * channels * 4 / 2**20
+        if max_decoded_mb is not None and mb > max_decoded_mb:
+            raise MediaError(f"audio too large to decode ({mb:.0f} MiB as float32: {frames} frames x {channels} "
+                             f"channels > download.audio.max_decoded_mb={max_decoded_mb}; not decoded)")
+    return min(caps) if caps else None
+
+
+def load_audio(src: str | Path | bytes | io.IOBase, sample_rate: int = 16000, *, max_duration_s: float | None = None,
+               max_decoded_mb: float | None = None) -> np.ndarray:
+    """Decode an audio file (path, bytes or file object) to mono float32 at ``sample_rate``.
+
+    With limits, the header is checked first (:func:`check_audio_header`) and the decode is capped one
+    frame past them, so neither a long clip nor a header that understates its length is decoded in full.
+    """
     if isinstance(src, (bytes, bytearray, memoryview)):
         if not len(src):
             raise MediaError("empty file (0 bytes)")
         src = io.BytesIO(src)
     try:
-        data, sr = sf.read(src if isinstance(src, io.IOBase) else str(src), dtype="float32", always_2d=True)
+        with sf.SoundFile(src if isinstance(src, io.IOBase) else str(src)) as f:
+            cap = check_audio_header(f.frames, f.samplerate, f.channels, max_duration_s, max_decoded_mb)
+            data = f.read(-1 if cap is None else cap + 1, dtype="float32", always_2d=True)
+            sr = f.samplerate
+    except MediaError:
+        raise
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
         reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc)).strip() or type(exc).__name__
         raise MediaError(f"audio decode failed (unsupported or corrupt): {reason}") from None
+    if cap is not None and len(data) > cap:
+        limits = [f"download.audio.{k}={v}" for k, v in (("max_duration_s", max_duration_s), ("max_decoded_mb", max_decoded_mb))
+                  if v is not None]
+        raise MediaError(f"audio too long (more frames than its header said, over {' / '.join(limits)}; decode stopped)")
     return resample(data.mean(axis=1), sr, sample_rate)
 
 

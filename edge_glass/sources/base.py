@@ -6,6 +6,12 @@ and calls ``process`` on each candidate of a chunk that is not already finished 
 threads). ``process`` returns a :class:`Sample` carrying normalised media bytes, or a
 :class:`Reject` with a reason; it must never raise for one bad item: only systemic faults (an
 unreadable annotation file, a missing package) raise, as :class:`DataError` naming the file.
+
+Every raw entry a source reads becomes (part of) a candidate: an entry that cannot be an item (an
+annotation naming no image, a table row contradicting an earlier row of its id, a tar member that is
+not a plain file) is a candidate born rejected (``Candidate.reject``), so it is counted in the
+source's ``in`` and listed in rejects.csv instead of vanishing; the stage then checks
+``in = kept + rejected`` per source.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import numpy as np
 
 from edge_glass.config import DownloadParams
 from edge_glass.manifest import Reject, Sample
-from edge_glass.media import MediaError, check_audio, encode_audio, load_audio, normalise_image, resample
+from edge_glass.media import (
+    MediaError, check_audio, check_audio_header, encode_audio, load_audio, normalise_image, resample,
+)
 
 
 class DataError(ValueError):
@@ -29,11 +37,13 @@ class DataError(ValueError):
 @dataclass
 class Candidate:
     """One would-be item. ``stamp`` changes when its input changes (file size and mtime), so a
-    resumed download redoes a chunk whose inputs were edited in place."""
+    resumed download redoes a chunk whose inputs were edited in place. ``reject``: the reason when the
+    entry is already known to be unusable while listing (it is never processed, only recorded)."""
 
     item_id: str
     payload: Any
     stamp: str = ""
+    reject: str = ""
 
 
 class Source:
@@ -84,13 +94,18 @@ class Source:
 
     def audio_bytes(self, data: bytes | np.ndarray, sample_rate: int | None = None) -> tuple[bytes, str, float]:
         """Normalised audio (mono, ``download.audio.sample_rate``, 16-bit FLAC/WAV), its extension and
-        duration, or MediaError. ``data``: encoded file bytes, or a float array at ``sample_rate``."""
+        duration, or MediaError. ``data``: encoded file bytes, or a float array at ``sample_rate``.
+
+        The duration and decoded size limits are checked on the file's header before it is decoded
+        (an hour of audio is refused in microseconds, not decoded in every worker first)."""
         a = self.params.audio
-        if isinstance(data, np.ndarray):
+        if isinstance(data, np.ndarray):  # decoded by the hub already: checked before resampling
+            check_audio_header(data.shape[-1], int(sample_rate), data.shape[0] if data.ndim == 2 else 1,
+                               a.max_duration_s, a.max_decoded_mb)
             wav = resample(data.astype(np.float32).mean(axis=0) if data.ndim == 2 else data.astype(np.float32),
                            int(sample_rate), a.sample_rate)
         else:
-            wav = load_audio(data, a.sample_rate)
+            wav = load_audio(data, a.sample_rate, max_duration_s=a.max_duration_s, max_decoded_mb=a.max_decoded_mb)
         duration = check_audio(wav, a.sample_rate, a.min_duration_s, a.max_duration_s, a.silence_dbfs)
         return encode_audio(wav, a.sample_rate, a.format), a.format, duration
 

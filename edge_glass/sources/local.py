@@ -5,6 +5,11 @@ Media paths come from the user's file, so every one is checked: it must resolve 
 under ``media_root``, exist, be non-empty and below ``download.max_file_mb``; anything else is a
 reject with its reason. An annotation file that cannot be read at all is a systemic fault
 (:class:`DataError`, naming the file) and stops the stage.
+
+No entry of the user's file is skipped silently: an entry that cannot become an item (a COCO
+annotation whose ``image_id`` has no image, a non-object entry, a table row that contradicts an
+earlier row of its id, a tar member that is not a plain file or a second image of one key) is a
+reject with its reason, under an id naming where it is (``coco/annotations[17]``, ``t/42#row7``).
 """
 
 from __future__ import annotations
@@ -137,6 +142,28 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and value != value) and str(value).strip() != ""
 
 
+def _cell(value: Any, split: bool = False) -> str:
+    """A table cell as compared between rows of one id: absent is '', a split by its meaning."""
+    if not _present(value):
+        return ""
+    text = str(value).strip()
+    return (normalise_split(text) or text) if split else text
+
+
+def _hashable(value: Any) -> Any:
+    """An id usable as a dict key (a JSON list or object becomes its text)."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+
+
+def _brief(value: Any) -> str:
+    return f"{type(value).__name__}: {str(value)[:40]!r}"
+
+
+def _member_kind(m: tarfile.TarInfo) -> str:
+    return ("symlink" if m.issym() else "hard link" if m.islnk() else "device" if m.isdev()
+            else "fifo" if m.isfifo() else f"type {m.type!r}")
+
+
 @register_format("coco")
 class CocoCaptions(LocalSource):
     """COCO captions JSON: ``images[].id, file_name``; ``annotations[].image_id, caption`` (grouped per image)."""
@@ -145,16 +172,25 @@ class CocoCaptions(LocalSource):
         data = load_json(self.path)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
             raise DataError(f"{self.path}: not a COCO captions file (needs lists 'images' and 'annotations')")
+        image_ids = {_hashable(img.get("id")) for img in data["images"] if isinstance(img, dict)}
         captions = defaultdict(list)
-        for ann in data["annotations"]:
-            if isinstance(ann, dict):
-                captions[ann.get("image_id")].append(ann.get("caption"))
-        for img in data["images"]:
+        for i, ann in enumerate(data["annotations"]):
+            # an annotation that names no image is a caption without media: a reject, not a silent loss
+            if not isinstance(ann, dict):
+                yield Candidate(f"{self.name}/annotations[{i}]", None, reject=f"annotation is not an object ({_brief(ann)})")
+            elif _hashable(ann.get("image_id")) not in image_ids:
+                yield Candidate(f"{self.name}/annotations[{i}]", None,
+                                reject=f"annotation's image_id has no entry in 'images' (image_id {ann.get('image_id')!r}, "
+                                       f"caption {str(ann.get('caption'))[:40]!r})")
+            else:
+                captions[_hashable(ann.get("image_id"))].append(ann.get("caption"))
+        for i, img in enumerate(data["images"]):
             if not isinstance(img, dict):
+                yield Candidate(f"{self.name}/images[{i}]", None, reject=f"images entry is not an object ({_brief(img)})")
                 continue
-            key = img.get("id", img.get("file_name"))
+            key = next((img[k] for k in ("id", "file_name") if img.get(k) is not None), f"images[{i}]")
             file_name = img.get("file_name")
-            yield Candidate(f"{self.name}/{key}", (file_name, captions.get(img.get("id"), [])),
+            yield Candidate(f"{self.name}/{key}", (file_name, captions.get(_hashable(img.get("id")), [])),
                             file_stamp(self.root / str(file_name)))
 
     def process(self, cand):
@@ -171,11 +207,12 @@ class KarpathySplits(LocalSource):
         data = load_json(self.path)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
             raise DataError(f"{self.path}: not a Karpathy split file (needs a list 'images')")
-        for img in data["images"]:
+        for i, img in enumerate(data["images"]):
             if not isinstance(img, dict):
+                yield Candidate(f"{self.name}/images[{i}]", None, reject=f"images entry is not an object ({_brief(img)})")
                 continue
             rel = str(Path(img.get("filepath") or "") / str(img.get("filename", "")))
-            key = img.get("cocoid", img.get("filename"))
+            key = next((img[k] for k in ("cocoid", "filename") if img.get(k) is not None), f"images[{i}]")
             sentences = [s.get("raw") if isinstance(s, dict) else s for s in img.get("sentences") or []]
             yield Candidate(f"{self.name}/{key}", (rel, sentences, img.get("split")), file_stamp(self.root / rel))
 
@@ -247,19 +284,33 @@ class Table(LocalSource):
             self._file_split = split_from_filename(self.path)
         rows = df.to_dict("records")
         order: dict[str, dict] = {}
-        for row in rows:
+        conflicts: list[Candidate] = []
+        for number, row in enumerate(rows, start=1):
             image, audio = self._media(row, "image"), self._media(row, "audio")
             key = row[e.id_key] if e.id_key else (image if _present(image) else audio)
             key = str(key).strip() if _present(key) else f"row-{len(order)}"
-            item = order.setdefault(key, {"image": image, "audio": audio, "captions": [],
-                                          "split": row[e.split_key] if e.split_key else None,
-                                          "group": str(row[e.group_key]) if e.group_key else ""})
+            fields = {"image": image, "audio": audio, "split": row[e.split_key] if e.split_key else None,
+                      "group": str(row[e.group_key]) if e.group_key else ""}
+            item = order.get(key)
+            if item is None:
+                item = order[key] = {**fields, "captions": [], "row": number}
+            else:
+                # a later row of the same id adds its captions only when it agrees on media, split and
+                # group (one row per caption); one that disagrees would lose its media/split/group: a reject
+                differ = [f"{f} {_cell(item[f])!r} vs {_cell(v)!r}" for f, v in fields.items()
+                          if _cell(item[f], f == "split") != _cell(v, f == "split")]
+                if differ:
+                    conflicts.append(Candidate(f"{self.name}/{key}#row{number}", None, reject=(
+                        f"row repeats an id with different media/split/group (row {number} vs row {item['row']} "
+                        f"of id {key!r}: {'; '.join(differ)})")))
+                    continue
             for c in e.caption_keys:
                 value = _caption_cell(row[c])
                 item["captions"].extend(value if isinstance(value, list) else [value])
         for key, item in order.items():
             stamps = [file_stamp(self.root / str(item[m])) for m in ("image", "audio") if _present(item[m])]
             yield Candidate(f"{self.name}/{key}", item, ";".join(stamps))
+        yield from conflicts
 
     def process(self, cand):
         item = cand.payload
@@ -311,11 +362,18 @@ class WebDataset(LocalSource):
         try:
             with tarfile.open(tar, "r:" if plain else "r|*") as tf:
                 for m in tf:
+                    if m.isdir():
+                        continue  # a folder header holds no data: structure, not an entry
+                    where = f"{m.name} in {tar.name}"
                     if not m.isfile():
+                        yield Candidate(f"{self.name}/{tar.name}:{m.name}", None, stamp,
+                                        reject=f"tar member is not a plain file ({_member_kind(m)}: {where})")
                         continue
                     folder, _, base = m.name.rpartition("/")
                     stem, dot, ext = base.partition(".")
                     if not dot:
+                        yield Candidate(f"{self.name}/{tar.name}:{m.name}", None, stamp,
+                                        reject=f"tar member has no extension (not KEY.ext: {where})")
                         continue
                     key = f"{folder}/{stem}" if folder else stem
                     if key != current:
@@ -323,7 +381,9 @@ class WebDataset(LocalSource):
                             yield Candidate(f"{self.name}/{current}", members, stamp)
                         current, members = key, {}
                     ext = ext.casefold()
-                    if m.size > self.max_bytes:
+                    if ext in members:  # the same KEY.ext twice: which one is meant is unknowable
+                        members[ext] = MediaError(f"tar member occurs twice ({where})")
+                    elif m.size > self.max_bytes:
                         members[ext] = MediaError(f"member too large: {m.name} is {m.size / 2**20:.0f} MiB > "
                                                   f"download.max_file_mb={self.max_bytes // 2**20}")
                     elif plain:
@@ -369,8 +429,12 @@ class WebDataset(LocalSource):
                     return self.reject(cand, "caption is not text (txt member is not UTF-8)")
             else:
                 captions = meta.get("caption", meta.get("text"))
-            image = next((e for e in IMAGE_EXTS if e in members), None)
-            audio = next((e for e in AUDIO_EXTS if e in members), None)
+            images = [e for e in IMAGE_EXTS if e in members]
+            audios = [e for e in AUDIO_EXTS if e in members]
+            for kind, found in (("image", images), ("audio", audios)):
+                if len(found) > 1:  # one item holds one image and one clip: taking the first would drop the rest
+                    return self.reject(cand, f"more than one {kind} member ({', '.join(found)})")
+            image, audio = next(iter(images), None), next(iter(audios), None)
             if image is None and audio is None:
                 return self.reject(cand, f"no image or audio member (found: {', '.join(sorted(members))})")
             good, bad = text_captions(captions)
