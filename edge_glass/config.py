@@ -168,8 +168,13 @@ class DownloadParams(Strict):
     limit_per_source: Optional[int] = Field(None, ge=1)
     max_captions_per_item: int = Field(5, ge=1)
     reject_duplicate_captions: bool = True  # an item whose first caption is another item's is a reject
-    group_shared_captions: bool = True  # hash splits: items sharing a caption verbatim land in one split
+    group_shared_captions: bool = True  # items sharing a caption verbatim are one split group
     split: SplitParams = SplitParams()
+    # a split group (group_key, shared caption, equal media content) that the data's given splits put in two
+    # splits: report it (split_conflicts.csv), drop the items of the earlier split(s), or stop with an error
+    split_conflicts: Literal["report", "drop", "error"] = "report"
+    # image pairs across splits within this many pHash bits are counted and listed as near duplicates; null: off
+    near_duplicate_hamming: Optional[int] = Field(4, ge=0, le=10)
     shard_size: int = Field(1000, ge=1)  # candidates per media shard (tar) and resume unit
     num_workers: int = Field(2, ge=1)  # threads decoding / normalising media
     max_file_mb: int = Field(512, ge=1)  # media files larger than this are rejects, never read

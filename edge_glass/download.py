@@ -7,10 +7,17 @@ fingerprint of the source settings, the code and the chunk's candidates (with th
 mtime), so a killed download resumes: finished chunks are read back, not recomputed
 (``data/download`` is ``persist`` in dvc.yaml). Then, over all sources at once, captions are cleaned,
 duplicates rejected, split groups formed and splits drawn, and the manifest is written.
+
+Split groups join items by the source's group, by shared captions and by equal content hashes of the
+decoded media (computed where each item is normalised, stored with the chunk's records), so one
+image or clip under two ids, or one group split by the data's own split column, never straddles two
+splits unnoticed: ``split_conflicts.csv`` lists such groups, ``download.split_conflicts`` decides.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
 import json
 import logging
@@ -19,18 +26,24 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import imagehash
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import soundfile as sf
 from tqdm import tqdm
 
 from edge_glass.config import DownloadParams, Params
 from edge_glass.io import atomic_path, files_fingerprint, sha256_text
 from edge_glass.manifest import (
-    Ledger, Reject, Sample, assign_split, caption_key, dedupe_captions, split_groups, write_manifest, write_rejects,
+    SPLITS, Ledger, Reject, Sample, SplitConflict, caption_key, dedupe_captions, resolve_splits, split_groups,
+    write_conflicts, write_manifest, write_rejects,
 )
+from edge_glass.media import decode_image
 from edge_glass.mediashards import MemberRef, ShardWriter, safe_member_name
 from edge_glass.prefetch import prefetched
-from edge_glass.sources.base import Source
+from edge_glass.sources.base import DataError, Source
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +53,9 @@ RECORD_SCHEMA = pa.schema([
     ("image_member", pa.string()), ("image_offset", pa.int64()), ("image_size", pa.int64()),
     ("audio_member", pa.string()), ("audio_offset", pa.int64()), ("audio_size", pa.int64()),
     ("audio_duration_s", pa.float32()), ("license", pa.string()), ("attribution", pa.string()),
+    ("image_sha256", pa.string()), ("audio_sha256", pa.string()), ("image_phash", pa.string()),
 ])
+HASH_FIELDS = ("image_sha256", "audio_sha256", "image_phash")
 
 
 def code_fingerprint() -> str:
@@ -50,12 +65,39 @@ def code_fingerprint() -> str:
                               pkg / "mediashards.py", pkg / "manifest.py"])
 
 
+def _sha256(header: str, array: np.ndarray) -> str:
+    h = hashlib.sha256(header.encode())
+    h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def hash_media(s: Sample | Reject) -> Sample | Reject:
+    """Fill a sample's content hashes from its normalised media bytes.
+
+    The hashes are of the decoded content, not the file: the RGB pixels with their shape, the 16-bit
+    samples with their rate (the stage's sample rate), so the same pixels sent as PNG, lossless WEBP or
+    the same JPEG bytes give one hash. ``image_phash`` is the 64-bit DCT perceptual hash (16 hex digits)
+    that finds near duplicates (recompressed, slightly edited) across splits.
+    """
+    if isinstance(s, Sample):
+        if s.image is not None:
+            img = decode_image(s.image)
+            pixels = np.asarray(img, dtype=np.uint8)
+            s.image_sha256 = _sha256(f"rgb8 {pixels.shape}\n", pixels)
+            s.image_phash = str(imagehash.phash(img))
+        if s.audio is not None:
+            wav, sr = sf.read(io.BytesIO(s.audio), dtype="int16", always_2d=True)
+            s.audio_sha256 = _sha256(f"pcm16 {sr} {wav.shape}\n", wav)
+    return s
+
+
 def safe_process(source: Source, cand) -> Sample | Reject:
-    """``source.process`` that turns an unexpected error on one item into that item's reject."""
+    """``source.process`` (plus the content hashes) that turns an unexpected error on one item into that
+    item's reject."""
     if cand.reject:  # an entry found unusable while listing: recorded, never processed
         return Reject(cand.item_id, source.name, cand.reject)
     try:
-        return source.process(cand)
+        return hash_media(source.process(cand))
     except Exception as exc:  # one item's fault must not kill the stage; systemic faults show in the chunk check
         log.warning("%s: unexpected %s on %s: %s", source.name, type(exc).__name__, cand.item_id, exc)
         return Reject(cand.item_id, source.name, f"unexpected error: {type(exc).__name__}: {exc}")
@@ -65,7 +107,8 @@ def _record_row(rec: Sample | Reject) -> dict:
     if isinstance(rec, Reject):
         return {"item_id": rec.item_id, "reject": rec.reason}
     row = {"item_id": rec.item_id, "reject": None, "captions": rec.captions, "split": rec.split, "group": rec.group,
-           "audio_duration_s": rec.audio_duration_s, "license": rec.license, "attribution": rec.attribution}
+           "audio_duration_s": rec.audio_duration_s, "license": rec.license, "attribution": rec.attribution,
+           **{k: getattr(rec, k) for k in HASH_FIELDS}}
     for medium in ("image", "audio"):
         ref = getattr(rec, f"{medium}_ref")
         if ref is not None:
@@ -77,7 +120,8 @@ def _from_row(row: dict, source: str, shard: str) -> Sample | Reject:
     if row["reject"] is not None:
         return Reject(row["item_id"], source, row["reject"])
     s = Sample(row["item_id"], source, list(row["captions"]), audio_duration_s=row["audio_duration_s"],
-               license=row["license"], attribution=row["attribution"], split=row["split"], group=row["group"])
+               license=row["license"], attribution=row["attribution"], split=row["split"], group=row["group"],
+               **{k: row.get(k) for k in HASH_FIELDS})
     for medium in ("image", "audio"):
         if row[f"{medium}_member"] is not None:
             setattr(s, f"{medium}_ref", MemberRef(shard, row[f"{medium}_member"], int(row[f"{medium}_offset"]),
@@ -198,8 +242,14 @@ def remove_stale_media(media_dir: Path, keep: set[Path]) -> int:
     return removed
 
 
-def finalise(ledger: Ledger, params: Params) -> None:
-    """Clean captions, reject repeated ids and (optionally) repeated first captions, draw group splits."""
+def finalise(ledger: Ledger, params: Params) -> tuple[list[SplitConflict], int]:
+    """Clean captions, reject repeated ids and (optionally) repeated first captions, form split groups
+    and settle every item's split (see :func:`edge_glass.manifest.resolve_splits`).
+
+    Returns the split conflicts (groups given two splits) and how many hash-split items followed a
+    group member's given split. With ``download.split_conflicts=drop`` the conflicting items of the
+    earlier splits are rejects here; with ``error`` the caller stops after writing the conflicts.
+    """
     d = params.download
     first_owner: dict[str, str] = {}
     ids: set[str] = set()
@@ -223,9 +273,28 @@ def finalise(ledger: Ledger, params: Params) -> None:
     groups = split_groups(kept, d.group_shared_captions)
     for s in kept:
         s.group = groups[s.item_id].removeprefix("group:")
-        if not s.split:  # hash split, drawn per group
-            s.split = assign_split(s.group, params.seed, d.split.train, d.split.val)
-    ledger.samples = kept
+    conflicts, dropped, followed = resolve_splits(kept, params.seed, d.split.train, d.split.val, d.split_conflicts)
+    gone = {id(s) for s in dropped}
+    latest = {c.group: c.final_split for c in conflicts if c.action == "keep"}
+    for s in dropped:
+        ledger.reject(s.item_id, s.source, f"split conflict: given split {s.split} but its group {s.group!r} is also "
+                                           f"in {latest[s.group]} (download.split_conflicts=drop keeps the latest split)")
+    ledger.samples = [s for s in kept if id(s) not in gone]
+    return conflicts, followed
+
+
+def conflict_message(conflicts: list[SplitConflict], path: Path, shown: int = 5) -> str:
+    """One line naming the conflicting groups and, per group, which items the data gave which split."""
+    by_group: dict[str, dict[str, list[str]]] = {}
+    for c in conflicts:
+        if c.given_split != "hash":
+            by_group.setdefault(c.group, {}).setdefault(c.given_split, []).append(c.item_id)
+    parts = [f"{g!r} (" + "; ".join(f"{split}: {', '.join(ids)}" for split, ids in splits.items()) + ")"
+             for g, splits in list(by_group.items())[:shown]]
+    more = f" and {len(by_group) - shown} more" if len(by_group) > shown else ""
+    return (f"download.split_conflicts=error: {len(by_group)} split group(s) have items given different splits: "
+            f"{', '.join(parts)}{more}; every item is listed in {path} (split_conflicts=drop keeps each group's "
+            f"latest split, report keeps them as given)")
 
 
 def check_reconciles(ledger: Ledger, read: dict[str, int]) -> None:
@@ -258,7 +327,10 @@ def build_manifest(params: Params, out_dir: str | Path) -> dict:
             for k in range(chunk_stats[source.name]["chunks"]):
                 keep |= {out_dir / "media" / source.name / f"{k:05d}.{ext}" for ext in ("tar", "parquet")}
     remove_stale_media(out_dir / "media", keep)
-    finalise(ledger, params)
+    conflicts, followed = finalise(ledger, params)
+    write_conflicts(conflicts, out_dir / "split_conflicts.csv")
+    if conflicts and d.split_conflicts == "error":
+        raise DataError(conflict_message(conflicts, out_dir / "split_conflicts.csv"))
     read = {name: c["in"] for name, c in chunk_stats.items()}
     check_reconciles(ledger, read)
     if not ledger.samples:
@@ -267,12 +339,19 @@ def build_manifest(params: Params, out_dir: str | Path) -> dict:
     write_manifest(ledger.samples, out_dir / "manifest.parquet")
     write_rejects(ledger.rejects, out_dir / "rejects.csv")
     stats = download_stats(ledger, read)
+    stats["split_hygiene"], near = split_hygiene(ledger.samples, d.near_duplicate_hamming)
+    stats["split_hygiene"]["conflicts"] = {
+        "groups": len({c.group for c in conflicts}), "items": sum(c.given_split != "hash" for c in conflicts),
+        "dropped": sum(c.action == "drop" for c in conflicts)}
+    stats["split_hygiene"]["hash_items_following_given_split"] = followed
+    with atomic_path(out_dir / "near_duplicates.csv") as tmp:
+        near.to_csv(tmp, index=False)
     for name, c in chunk_stats.items():
         # resumed chunks vary from run to run: logged, not a metric (a forced rerun must give equal metrics)
         log.info("%s: %d of %d chunks resumed", name, c["resumed_chunks"], c["chunks"])
         stats["sources"].setdefault(name, {"in": 0, "kept": 0, "rejected": 0})["chunks"] = c["chunks"]
     stats["media_bytes"] = sum(p.stat().st_size for p in keep if p.suffix == ".tar")
-    stats["files"] = len(keep) + 2
+    stats["files"] = len(keep) + 4  # + manifest, rejects, split_conflicts, near_duplicates
     return stats
 
 
@@ -281,18 +360,88 @@ def reason_kind(reason: str) -> str:
     return re.split(r"[:(]", reason, maxsplit=1)[0].strip()
 
 
-def split_hygiene(samples: list[Sample]) -> dict:
-    """How many val/test captions occur verbatim in train (the goal for hash splits is 0), and group sizes."""
-    train = {caption_key(c) for s in samples if s.split == "train" for c in s.captions}
-    out = {}
-    for split in ("val", "test"):
-        caps = [caption_key(c) for s in samples if s.split == split for c in s.captions]
-        out[f"{split}_captions"] = len(caps)
-        out[f"{split}_captions_in_train"] = sum(c in train for c in caps)
+SPLIT_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
+NEAR_DUPLICATE_COLUMNS = ["split_a", "item_id_a", "split_b", "item_id_b", "hamming"]
+
+
+def near_duplicate_pairs(phash: np.ndarray, split: np.ndarray, content: np.ndarray, max_hamming: int
+                         ) -> list[tuple[int, int, int]]:
+    """Pairs (i, j, bits) of images in different splits (``split[i] < split[j]``) whose 64-bit pHashes
+    differ in at most ``max_hamming`` bits and whose pixels differ (``content``: ids of equal pixels;
+    equal pixels are duplicate media, counted apart).
+
+    Pigeonhole instead of all pairs: the 64 bits are cut into ``max_hamming + 1`` bands, and two hashes
+    within ``max_hamming`` bits agree on at least one band, so only items that share a band's value are
+    compared (a pair is counted at the first band it agrees on). Comparisons run blockwise in numpy,
+    a few MB at a time, so 100k images take seconds, not the hours of all pairs.
+    """
+    n, bands = len(phash), max_hamming + 1
+    edges = [64 * b // bands for b in range(bands + 1)]
+    keys = [(phash >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:])]
+    out: list[tuple[int, int, int]] = []
+    for b, key in enumerate(keys):
+        order = np.argsort(key, kind="stable")
+        ks, ss = key[order], split[order]
+        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if n else np.zeros(0, dtype=np.int64)
+        ends = np.r_[starts[1:], n]
+        mixed = np.minimum.reduceat(ss, starts) != np.maximum.reduceat(ss, starts) if n else starts.astype(bool)
+        for lo, hi in zip(starts[mixed].tolist(), ends[mixed].tolist()):
+            idx = order[lo:hi]
+            by_split = [idx[split[idx] == k] for k in range(len(SPLITS))]
+            for a, c in itertools.combinations(range(len(SPLITS)), 2):
+                ia, ib = by_split[a], by_split[c]
+                step = max(1, 2**20 // max(len(ib), 1))
+                for r in range(0, len(ia) if len(ib) else 0, step):
+                    rows = ia[r:r + step]
+                    bits = np.bitwise_count(phash[rows][:, None] ^ phash[ib][None, :])
+                    ok = (bits <= max_hamming) & (content[rows][:, None] != content[ib][None, :])
+                    for earlier in keys[:b]:
+                        ok &= earlier[rows][:, None] != earlier[ib][None, :]
+                    ii, jj = np.nonzero(ok)
+                    out += zip(rows[ii].tolist(), ib[jj].tolist(), bits[ii, jj].tolist())
+    return out
+
+
+def split_hygiene(samples: list[Sample], max_hamming: int | None) -> tuple[dict, pd.DataFrame]:
+    """Leakage between every two splits (the goal is 0 everywhere) and the near-duplicate image pairs.
+
+    Per pair of splits: ``groups_spanning`` (split groups with items in both), ``duplicate_media``
+    (image or audio content hashes in both), ``caption_overlap`` (distinct captions, as
+    :func:`caption_key` compares them, in both) and ``near_duplicate_images`` (image pairs within
+    ``max_hamming`` pHash bits whose pixels differ; None: not searched). Near duplicates are listed,
+    not moved: a pHash match is evidence to look at, not proof of the same picture.
+    """
+    groups: dict[str, set[str]] = {}
+    media = {split: set() for split in SPLITS}
+    captions = {split: set() for split in SPLITS}
+    for s in samples:
+        groups.setdefault(s.group, set()).add(s.split)
+        media[s.split].update(f"{m}:{h}" for m, h in (("image", s.image_sha256), ("audio", s.audio_sha256)) if h)
+        captions[s.split].update(caption_key(c) for c in s.captions)
+    with_phash = [s for s in samples if s.image_phash]
+    near = pd.DataFrame(columns=NEAR_DUPLICATE_COLUMNS)
+    if max_hamming is not None and with_phash:
+        phash = np.array([int(s.image_phash, 16) for s in with_phash], dtype=np.uint64)
+        split = np.array([SPLITS.index(s.split) for s in with_phash], dtype=np.int8)
+        content_ids: dict[str, int] = {}
+        content = np.array([content_ids.setdefault(s.image_sha256, len(content_ids)) for s in with_phash], dtype=np.int64)
+        rows = [(with_phash[i].split, with_phash[i].item_id, with_phash[j].split, with_phash[j].item_id, bits)
+                for i, j, bits in near_duplicate_pairs(phash, split, content, max_hamming)]
+        near = pd.DataFrame(sorted(rows, key=lambda r: (SPLITS.index(r[0]), SPLITS.index(r[2]), r[1], r[3])),
+                            columns=NEAR_DUPLICATE_COLUMNS)
+    out: dict = {}
+    for a, b in SPLIT_PAIRS:
+        out[f"{a}_{b}"] = {
+            "groups_spanning": sum(a in splits and b in splits for splits in groups.values()),
+            "duplicate_media": len(media[a] & media[b]),
+            "caption_overlap": len(captions[a] & captions[b]),
+            "near_duplicate_images": (int(((near.split_a == a) & (near.split_b == b)).sum())
+                                      if max_hamming is not None else None),
+        }
     sizes = Counter(s.group for s in samples)
     out["groups"] = len(sizes)
     out["largest_group"] = max(sizes.values(), default=0)
-    return out
+    return out, near
 
 
 def download_stats(ledger: Ledger, read: dict[str, int]) -> dict:
@@ -312,7 +461,6 @@ def download_stats(ledger: Ledger, read: dict[str, int]) -> dict:
         "with_audio": sum(s.audio_ref is not None for s in ledger.samples),
         "triples": sum(s.image_ref is not None and s.audio_ref is not None for s in ledger.samples),
         "captions": sum(len(s.captions) for s in ledger.samples),
-        "split_hygiene": split_hygiene(ledger.samples),
         "sources": {
             src: {"in": read.get(src, 0), "kept": kept[src], "rejected": rejected[src],
                   "rejected_by_reason": dict(sorted(reasons.get(src, Counter()).items()))}

@@ -23,8 +23,13 @@ MANIFEST_SCHEMA = pa.schema(
         ("item_id", pa.string()),
         ("source", pa.string()),
         ("split", pa.string()),
-        ("group", pa.string()),  # hash splits are drawn per group: one group never straddles two splits
+        ("group", pa.string()),  # splits are decided per group: one group never straddles two splits
         *MEDIA_FIELDS,  # {image,audio}_{shard,member,offset,size}: the media's bytes inside a tar shard
+        # content hashes of the decoded normalised media (a re-encoded copy of the same pixels or samples
+        # matches): equal hashes join one split group, across entries and sources
+        ("image_sha256", pa.string()),
+        ("audio_sha256", pa.string()),
+        ("image_phash", pa.string()),  # 64-bit perceptual hash, 16 hex digits: near duplicates across splits
         ("audio_duration_s", pa.float32()),
         ("captions", pa.list_(pa.string())),
         ("license", pa.string()),
@@ -40,7 +45,8 @@ class Sample:
     A source fills ``image``/``audio`` with normalised bytes (and their extension); the download stage
     writes them into a media shard and keeps only the :class:`MemberRef`. ``split`` is set by a source
     only when the item's split is given (by the file or the entry); ``group`` names the items that
-    must share a split (default: the item alone).
+    must share a split (default: the item alone). The download stage fills the content hashes
+    (``image_sha256``, ``audio_sha256``, ``image_phash``) from the normalised bytes.
     """
 
     item_id: str
@@ -57,6 +63,9 @@ class Sample:
     group: str = ""
     image_ref: Optional[MemberRef] = None
     audio_ref: Optional[MemberRef] = None
+    image_sha256: Optional[str] = None
+    audio_sha256: Optional[str] = None
+    image_phash: Optional[str] = None
 
 
 @dataclass
@@ -100,6 +109,9 @@ def dedupe_captions(captions: list[str], limit: int) -> list[str]:
             seen.add(key)
             out.append(c)
     return out[:limit]
+
+
+SPLITS = ("train", "val", "test")  # in this order: a group given two splits keeps the latest (a test set stays whole)
 
 
 def assign_split(key: str, seed: int, train: float, val: float) -> str:
@@ -161,23 +173,100 @@ class UnionFind:
 
 
 def split_groups(samples: list[Sample], link_shared_captions: bool) -> dict[str, str]:
-    """item_id -> split group: the source's group, joined with every group it shares a caption with.
+    """item_id -> split group: the source's group, joined with every group it shares a caption with
+    and with every item whose image or audio has the same content hash (in any entry or source).
 
-    Joining by caption keeps a caption that occurs verbatim on two items out of two splits.
+    Joining by caption keeps a caption that occurs verbatim on two items out of two splits; joining by
+    content hash does the same for one image or clip filed under two ids.
     """
     uf = UnionFind()
     owner: dict[str, str] = {}
+
+    def link(item_id: str, key: str) -> None:
+        if key in owner:
+            uf.union(item_id, owner[key])
+        else:
+            owner[key] = item_id
+
     for s in samples:
         group = f"{s.source}/{s.group}" if s.group else s.item_id
         uf.union(s.item_id, "group:" + group)
+        for medium in ("image", "audio"):
+            digest = getattr(s, f"{medium}_sha256")
+            if digest:
+                link(s.item_id, f"{medium}:{digest}")
         if link_shared_captions:
             for c in s.captions:
-                key = caption_key(c)
-                if key in owner:
-                    uf.union(s.item_id, owner[key])
-                else:
-                    owner[key] = s.item_id
+                link(s.item_id, "caption:" + caption_key(c))
     return {s.item_id: uf.find(s.item_id) for s in samples}
+
+
+@dataclass
+class SplitConflict:
+    """One item of a group whose given splits differ: a row of ``split_conflicts.csv``.
+
+    ``given_split`` is ``hash`` for an item whose split was not given (it follows the group);
+    ``action``: report, keep, drop (rejected), follow or error."""
+
+    group: str
+    item_id: str
+    source: str
+    given_split: str
+    final_split: str
+    action: str
+
+
+CONFLICT_COLUMNS = ["group", "item_id", "source", "given_split", "final_split", "action"]
+
+
+def resolve_splits(samples: list[Sample], seed: int, train: float, val: float, on_conflict: str
+                   ) -> tuple[list[SplitConflict], list[Sample], int]:
+    """Give every item its group's split; returns (conflicts, items to reject, hash items that followed).
+
+    ``s.group`` must hold the item's split group. A group without a given split draws one by hash.
+    Otherwise its hash-split items follow the latest given split (train < val < test). A group given
+    two or more splits is a conflict: ``on_conflict`` report keeps every given split as it is, drop
+    returns the items given an earlier split than the latest for rejection (so the latest split, such
+    as a published test set, stays exactly as given), error changes nothing (the caller stops).
+    """
+    members: dict[str, list[Sample]] = {}
+    for s in samples:
+        members.setdefault(s.group, []).append(s)
+    conflicts: list[SplitConflict] = []
+    dropped: list[Sample] = []
+    followed = 0
+    for group, items in members.items():
+        given = {s.split for s in items if s.split}
+        if not given:
+            split = assign_split(group, seed, train, val)
+            for s in items:
+                s.split = split
+            continue
+        latest = max(given, key=SPLITS.index)
+        for s in items:
+            if not s.split:
+                s.split, followed = latest, followed + 1
+                if len(given) > 1:
+                    conflicts.append(SplitConflict(group, s.item_id, s.source, "hash", latest, "follow"))
+            elif len(given) > 1:
+                if on_conflict == "drop":
+                    action = "keep" if s.split == latest else "drop"
+                    final = latest if action == "keep" else ""
+                    if action == "drop":
+                        dropped.append(s)
+                else:
+                    action, final = on_conflict, s.split
+                conflicts.append(SplitConflict(group, s.item_id, s.source, s.split, final, action))
+    order = {name: k for k, name in enumerate((*SPLITS, "hash"))}
+    conflicts.sort(key=lambda c: (c.group, order[c.given_split], c.item_id))
+    return conflicts, dropped, followed
+
+
+def write_conflicts(conflicts: list[SplitConflict], path: str | Path) -> None:
+    """``split_conflicts.csv``, always written (header only when every group has one split)."""
+    df = pd.DataFrame([c.__dict__ for c in conflicts], columns=CONFLICT_COLUMNS)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def write_manifest(samples: list[Sample], path: str | Path) -> None:

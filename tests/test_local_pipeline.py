@@ -72,7 +72,7 @@ def test_dvc_repro_on_coco_and_clotho_from_disk(tmp_path):
     stats = json.loads((clone / "metrics" / "download.json").read_text())
     assert stats["sources"]["coco"]["kept"] == 30 and stats["splits"]["test"] >= 6 + 2
     assert sum(stats["sources"][f"clotho-{p}"]["kept"] for p in ("development", "validation", "evaluation")) == 30
-    assert stats["triples"] == 0 and stats["split_hygiene"]["test_captions_in_train"] == 0
+    assert stats["triples"] == 0 and stats["split_hygiene"]["train_test"]["caption_overlap"] == 0
     retrieval = json.loads((clone / "metrics" / "retrieval.json").read_text())
     assert {"image_to_text", "audio_to_text"} <= set(retrieval["trained"])
     files = [p for p in (clone / "data" / "download").rglob("*") if p.is_file()]
