@@ -178,6 +178,9 @@ class DownloadParams(Strict):
     shard_size: int = Field(1000, ge=1)  # candidates per media shard (tar) and resume unit
     num_workers: int = Field(2, ge=1)  # threads decoding / normalising media
     max_file_mb: int = Field(512, ge=1)  # media files larger than this are rejects, never read
+    # a source / download.local entry that keeps nothing beside others that keep items: an error (false) or a
+    # warning (true); keeping nothing at all is always an error
+    allow_empty_sources: bool = False
     image: ImageParams = ImageParams()
     openmoji: OpenMojiParams = OpenMojiParams()
     asterisk: AsteriskParams = AsteriskParams()

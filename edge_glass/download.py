@@ -35,7 +35,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from edge_glass.config import DownloadParams, Params
-from edge_glass.io import atomic_path, files_fingerprint, sha256_text
+from edge_glass.io import atomic_path, files_fingerprint, sha256_text, write_json
 from edge_glass.manifest import (
     SPLITS, Ledger, Reject, Sample, SplitConflict, caption_key, dedupe_captions, resolve_splits, split_groups,
     write_conflicts, write_manifest, write_rejects,
@@ -43,7 +43,7 @@ from edge_glass.manifest import (
 from edge_glass.media import decode_image
 from edge_glass.mediashards import MemberRef, ShardWriter, safe_member_name
 from edge_glass.prefetch import prefetched
-from edge_glass.sources.base import DataError, Source
+from edge_glass.sources.base import DataError, Source, empty_sources_message
 
 log = logging.getLogger(__name__)
 
@@ -307,10 +307,12 @@ def check_reconciles(ledger: Ledger, read: dict[str, int]) -> None:
         raise AssertionError(f"download counts do not reconcile (items lost or invented by the code): {'; '.join(bad)}")
 
 
-def build_manifest(params: Params, out_dir: str | Path) -> dict:
+def build_manifest(params: Params, out_dir: str | Path, metrics_path: str | Path | None = None) -> dict:
     """Run every source in ``download.sources`` and ``download.local``; write manifest, rejects, media shards.
 
-    Returns the stats written to metrics/download.json; every candidate is kept or rejected with a reason.
+    Returns the stats (also written to ``metrics_path`` when given); every candidate is kept or rejected
+    with a reason. A source that keeps nothing stops the stage with a DataError naming it and its top
+    reject reasons, after rejects.csv and the metrics are written (so the reasons are there to read).
     """
     from edge_glass.sources import build_sources
 
@@ -319,9 +321,17 @@ def build_manifest(params: Params, out_dir: str | Path) -> dict:
     ledger = Ledger()
     chunk_stats, keep = {}, set()
     sources = build_sources(params)
+    # a stopped run must not leave an earlier run's outputs to be read
+    for name in ("manifest.parquet", "rejects.csv", "split_conflicts.csv", "near_duplicates.csv"):
+        (out_dir / name).unlink(missing_ok=True)
     with ThreadPoolExecutor(max_workers=d.num_workers) as pool:
         for source in sources:
-            records, chunk_stats[source.name] = run_source(source, d, out_dir, pool)
+            try:
+                records, chunk_stats[source.name] = run_source(source, d, out_dir, pool)
+            except DataError as exc:  # a systemic fault in one source's input: say which entry it is
+                if source.label in str(exc):
+                    raise
+                raise DataError(f"{source.label}: {exc}") from None
             for rec in records:
                 (ledger.rejects if isinstance(rec, Reject) else ledger.samples).append(rec)
             for k in range(chunk_stats[source.name]["chunks"]):
@@ -333,11 +343,11 @@ def build_manifest(params: Params, out_dir: str | Path) -> dict:
         raise DataError(conflict_message(conflicts, out_dir / "split_conflicts.csv"))
     read = {name: c["in"] for name, c in chunk_stats.items()}
     check_reconciles(ledger, read)
-    if not ledger.samples:
-        names = [s.name for s in sources]
-        raise RuntimeError(f"download kept no samples from {names}; see {out_dir / 'rejects.csv'} for reasons")
-    write_manifest(ledger.samples, out_dir / "manifest.parquet")
+    empty = empty_sources_message(sources, read, ledger.samples, ledger.rejects, d.allow_empty_sources,
+                                  out_dir / "rejects.csv")
     write_rejects(ledger.rejects, out_dir / "rejects.csv")
+    if not empty:
+        write_manifest(ledger.samples, out_dir / "manifest.parquet")
     stats = download_stats(ledger, read)
     stats["split_hygiene"], near = split_hygiene(ledger.samples, d.near_duplicate_hamming)
     stats["split_hygiene"]["conflicts"] = {
@@ -352,6 +362,10 @@ def build_manifest(params: Params, out_dir: str | Path) -> dict:
         stats["sources"].setdefault(name, {"in": 0, "kept": 0, "rejected": 0})["chunks"] = c["chunks"]
     stats["media_bytes"] = sum(p.stat().st_size for p in keep if p.suffix == ".tar")
     stats["files"] = len(keep) + 4  # + manifest, rejects, split_conflicts, near_duplicates
+    if metrics_path is not None:
+        write_json(stats, Path(metrics_path))
+    if empty:
+        raise DataError(empty)
     return stats
 
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 from edge_glass.cli import run_stage, stage_parser
 from edge_glass.download import build_manifest
-from edge_glass.io import write_json
 
 
 def main(params, args):
-    stats = build_manifest(params, args.out)
-    write_json(stats, Path(args.metrics))
+    # metrics are written inside, before a source that kept nothing stops the stage (a DataError: exit 3)
+    stats = build_manifest(params, args.out, Path(args.metrics))
     print(f"kept {stats['kept']} of {stats['in']} ({stats['rejected']} rejected, see {args.out}/rejects.csv)")
 
 

@@ -267,3 +267,69 @@ def test_killed_download_resumes_from_finished_shards(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     stats = json.loads((work / "metrics" / "download.json").read_text())
     assert f"[download] t: {stats['sources']['t']['chunks'] - 1} of {stats['sources']['t']['chunks']} chunks resumed" in again.stderr
+
+
+def run_download_stage(workdir, download):
+    (workdir / "params.yaml").write_text(yaml.safe_dump({"download": {"sources": [], **download}}))
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "download.py")], cwd=workdir, capture_output=True, text=True)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("[download] error:")]
+    return proc, errors
+
+
+def test_coco_file_given_as_karpathy_stops_with_one_line_and_rejects_on_disk(tmp_path):
+    """Issue 23: every entry rejected -> exit 3, one line naming the entry, the count read, the top
+    reason with an example and the format the file looks like; rejects.csv and the metrics written first."""
+    coco = sd.write_coco(tmp_path / "raw" / "coco", 6)
+    entry = {"name": "coco", "format": "karpathy", "path": str(coco), "media_root": str(tmp_path / "raw" / "coco" / "val2017")}
+    proc, errors = run_download_stage(tmp_path, {"local": [entry]})
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert re.match(r'\[download\] error: download\.local entry \'coco\': 0 of 6 kept; 6 "empty caption" '
+                    r'\(e\.g\. coco/images\[0\]: empty caption\); captions_val2017\.json looks like format: coco, '
+                    r'not format: karpathy \(every reject with its reason: .*rejects\.csv\)$', errors[0]), errors[0]
+    out = tmp_path / "data" / "download"
+    rejects = pd.read_csv(out / "rejects.csv")
+    assert list(rejects.item_id) == [f"coco/images[{i}]" for i in range(6)]
+    assert not (out / "manifest.parquet").exists()
+    stats = json.loads((tmp_path / "metrics" / "download.json").read_text())
+    assert stats["sources"]["coco"] == {**stats["sources"]["coco"], "in": 6, "kept": 0, "rejected": 6}
+
+
+def test_media_root_one_folder_too_high_stops_unless_empty_sources_are_allowed(tmp_path):
+    """Issue 23: one entry whose media are all missing beside one that keeps items: exit 3 naming the
+    entry and hinting at media_root; download.allow_empty_sources=true makes it a warning."""
+    raw = tmp_path / "raw"
+    coco = sd.write_coco(raw / "coco", 5)
+    karpathy = sd.write_karpathy(raw / "karpathy", 4, start=5)
+    entries = [{"name": "coco", "format": "coco", "path": str(coco), "media_root": str(raw / "coco")},  # not .../val2017
+               {"name": "karpathy", "format": "karpathy", "path": str(karpathy)}]
+    proc, errors = run_download_stage(tmp_path, {"local": entries})
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-2000:]
+    missing = raw / "coco" / "000000001000.jpg"
+    assert errors[0].startswith(f"[download] error: download.local entry 'coco': 0 of 5 kept; 5 \"missing file\" "
+                                f"(e.g. coco/1000: missing file: {missing}); did media_root point one folder too "
+                                f"high? 000000001000.jpg is under {raw / 'coco' / 'val2017'} (media_root: {raw / 'coco'})")
+    assert errors[0].endswith("download.allow_empty_sources=true goes on without an empty source)")
+    rejects = pd.read_csv(tmp_path / "data" / "download" / "rejects.csv")
+    assert sorted(rejects[rejects.source == "coco"].item_id) == [f"coco/{1000 + i}" for i in range(5)]
+    assert json.loads((tmp_path / "metrics" / "download.json").read_text())["sources"]["karpathy"]["kept"] > 0
+    assert not (tmp_path / "data" / "download" / "manifest.parquet").exists()
+
+    allowed, errors = run_download_stage(tmp_path, {"local": entries, "allow_empty_sources": True})
+    assert allowed.returncode == 0 and not errors, allowed.stderr[-2000:]
+    assert "download.local entry 'coco': 0 of 5 kept" in allowed.stderr  # still said, as a warning
+    manifest = read_manifest(tmp_path / "data" / "download" / "manifest.parquet")
+    assert set(manifest.source) == {"karpathy"}
+
+
+def test_a_file_of_another_format_is_named_with_the_format_it_looks_like(tmp_path):
+    karpathy = sd.write_karpathy(tmp_path / "k", 2)
+    with pytest.raises(DataError, match=r"^download\.local entry 'k': .*dataset_coco\.json: not a COCO captions file .*; "
+                                        r"it looks like format: karpathy$"):
+        build_manifest(parse_params({"download": {"sources": [], "local": [
+            {"name": "k", "format": "coco", "path": str(karpathy)}]}}), tmp_path / "out")
+    coco = sd.write_coco(tmp_path / "c", 2)
+    with pytest.raises(DataError, match=r"^download\.local entry 't': table unreadable: .*; the file looks like format: coco$"):
+        build_manifest(parse_params({"download": {"sources": [], "local": [
+            {"name": "t", "format": "table", "path": str(coco), "image_key": "file_name", "caption_keys": ["caption"]}]}}),
+            tmp_path / "out")

@@ -17,6 +17,7 @@ source's ``in`` and listed in rejects.csv instead of vanishing; the stage then c
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,6 +29,9 @@ from edge_glass.manifest import Reject, Sample
 from edge_glass.media import (
     MediaError, check_audio, check_audio_header, encode_audio, load_audio, normalise_image, resample,
 )
+
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -71,6 +75,15 @@ class Source:
         """Everything besides the candidates that changes this source's output (part of the resume key)."""
         return {}
 
+    @property
+    def label(self) -> str:
+        """How messages name this source: the params key that configures it."""
+        return f"download source {self.name!r}"
+
+    def empty_hint(self, rejects: list[Reject]) -> str:
+        """A guess at the cause when this source keeps nothing ('' when there is none to make)."""
+        return ""
+
     def fingerprint(self) -> str:
         d = self.params
         return json.dumps({"source": self.name, "class": type(self).__name__, "settings": self.settings(),
@@ -108,6 +121,50 @@ class Source:
             wav = load_audio(data, a.sample_rate, max_duration_s=a.max_duration_s, max_decoded_mb=a.max_decoded_mb)
         duration = check_audio(wav, a.sample_rate, a.min_duration_s, a.max_duration_s, a.silence_dbfs)
         return encode_audio(wav, a.sample_rate, a.format), a.format, duration
+
+
+def empty_source_line(source: Source, read: int, kept: int, rejects: list[Reject], top: int = 3) -> str:
+    """One line on a source that kept nothing: how many entries it read, its top reject reasons with
+    counts and one example each, and a hint where the pattern is recognisable, e.g.
+    ``download.local entry 'coco': 0 of 2,389 kept; 2,389 "missing file" (e.g. coco/1: missing file:
+    /data/coco/000001.png); did media_root point one folder too high? ...``."""
+    from edge_glass.download import reason_kind  # the kinds metrics/download.json counts by
+
+    by_kind: dict[str, list[Reject]] = {}
+    for r in rejects:
+        by_kind.setdefault(reason_kind(r.reason), []).append(r)
+    ranked = sorted(by_kind.items(), key=lambda kv: -len(kv[1]))  # stable: first-seen order among equals
+    parts = [f'{len(rs):,} "{kind}" (e.g. {rs[0].item_id}: {rs[0].reason})' for kind, rs in ranked[:top]]
+    if len(ranked) > top:
+        parts.append(f"{sum(len(rs) for _, rs in ranked[top:]):,} for {len(ranked) - top} other reason(s)")
+    line = f"{source.label}: {kept:,} of {read:,} kept; " + (", ".join(parts) if parts else "it has no entries")
+    hint = source.empty_hint(rejects)
+    return line + (f"; {hint}" if hint else "")
+
+
+def empty_sources_message(sources: list[Source], read: dict[str, int], samples: list[Sample], rejects: list[Reject],
+                          allow_empty: bool, rejects_path: Path) -> str:
+    """The error for sources that kept nothing ('' when there is none to raise).
+
+    Nothing kept at all is always an error. One source empty beside others that keep items is an error
+    too (a silent empty source is how a mixture goes wrong unnoticed) unless ``allow_empty``, which
+    logs the same lines as warnings."""
+    kept = {s.source for s in samples}
+    by_source: dict[str, list[Reject]] = {}
+    for r in rejects:
+        by_source.setdefault(r.source, []).append(r)
+    lines = [empty_source_line(src, read.get(src.name, 0), 0, by_source.get(src.name, []))
+             for src in sources if src.name not in kept]
+    if not lines:
+        return ""
+    if kept and allow_empty:
+        for line in lines:
+            log.warning("%s (download.allow_empty_sources: going on without it)", line)
+        return ""
+    tail = f"every reject with its reason: {rejects_path}"
+    if kept:
+        tail += "; download.allow_empty_sources=true goes on without an empty source"
+    return "\n".join(lines[:-1] + [f"{lines[-1]} ({tail})"])
 
 
 def read_local_file(path: Path, root: Path, max_bytes: int) -> bytes:

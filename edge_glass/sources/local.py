@@ -85,6 +85,32 @@ class LocalSource(Source):
         return {"entry": self.entry.model_dump(), "annotation": file_stamp(self.path)}
 
     @property
+    def label(self) -> str:
+        return f"download.local entry {self.name!r}"
+
+    def empty_hint(self, rejects) -> str:
+        """The two common first mistakes: a file of another format (its required fields absent, so every
+        entry is rejected), and a media_root one folder off (every media file missing)."""
+        guessed = None if glob.has_magic(self.entry.path) else sniff_format(self.path)
+        if guessed not in (None, self.entry.format):
+            return f"{self.path.name} looks like format: {guessed}, not format: {self.entry.format}"
+        missing = [Path(r.reason.removeprefix("missing file: ")) for r in rejects if r.reason.startswith("missing file: ")]
+        if not missing or len(missing) < len(rejects) / 2:
+            return ""
+        root = self.root
+        subdirs = sorted(d for d in root.iterdir() if d.is_dir())[:500] if root.is_dir() else []
+        for path in missing[:20]:
+            if not path.is_relative_to(root):
+                continue
+            rel = path.relative_to(root)
+            below = next((d for d in subdirs if (d / rel).is_file()), None)
+            if below is not None:
+                return f"did media_root point one folder too high? {rel} is under {below} (media_root: {root})"
+            if (root.parent / rel).is_file():
+                return f"did media_root point one folder too low? {rel} is under {root.parent} (media_root: {root})"
+        return f"media files missing: check media_root (the file's media paths are relative to it: {root})"
+
+    @property
     def limit(self) -> int | None:
         limits = [x for x in (self.entry.limit, self.params.limit_per_source) if x is not None]
         return min(limits) if limits else None
@@ -164,6 +190,39 @@ def _member_kind(m: tarfile.TarInfo) -> str:
             else "fifo" if m.isfifo() else f"type {m.type!r}")
 
 
+def looks_like(data: Any) -> str | None:
+    """The local format a parsed JSON annotation file looks like: coco, karpathy, or None."""
+    if not isinstance(data, dict):
+        return None
+    first = lambda key: next((x for x in data.get(key) or [] if isinstance(x, dict)), None)  # noqa: E731
+    ann, img = first("annotations"), first("images")
+    if isinstance(data.get("annotations"), list) and ann is not None and {"image_id", "caption"} <= set(ann):
+        return "coco"
+    if img is not None and "sentences" in img:
+        return "karpathy"
+    return None
+
+
+def looks_like_hint(data: Any, fmt: str) -> str:
+    guessed = looks_like(data)
+    return f"; it looks like format: {guessed}" if guessed not in (None, fmt) else ""
+
+
+def sniff_format(path: Path) -> str | None:
+    """The local format a file looks like from its name and (JSON) content, or None when unsure."""
+    name = path.name.casefold()
+    if name.endswith((".tar", ".tar.gz", ".tgz")):
+        return "webdataset"
+    if name.endswith(".json"):
+        try:
+            return looks_like(load_json(path))
+        except DataError:
+            return None
+    if path.suffix.casefold() in (".csv", ".tsv", ".tab", ".jsonl", ".ndjson", ".parquet", ".pq"):
+        return "table"
+    return None
+
+
 @register_format("coco")
 class CocoCaptions(LocalSource):
     """COCO captions JSON: ``images[].id, file_name``; ``annotations[].image_id, caption`` (grouped per image)."""
@@ -171,7 +230,8 @@ class CocoCaptions(LocalSource):
     def items(self):
         data = load_json(self.path)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
-            raise DataError(f"{self.path}: not a COCO captions file (needs lists 'images' and 'annotations')")
+            raise DataError(f"{self.path}: not a COCO captions file (needs lists 'images' and 'annotations')"
+                            f"{looks_like_hint(data, 'coco')}")
         image_ids = {_hashable(img.get("id")) for img in data["images"] if isinstance(img, dict)}
         captions = defaultdict(list)
         for i, ann in enumerate(data["annotations"]):
@@ -206,7 +266,8 @@ class KarpathySplits(LocalSource):
     def items(self):
         data = load_json(self.path)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise DataError(f"{self.path}: not a Karpathy split file (needs a list 'images')")
+            raise DataError(f"{self.path}: not a Karpathy split file (needs a list 'images')"
+                            f"{looks_like_hint(data, 'karpathy')}")
         for i, img in enumerate(data["images"]):
             if not isinstance(img, dict):
                 yield Candidate(f"{self.name}/images[{i}]", None, reject=f"images entry is not an object ({_brief(img)})")
@@ -266,7 +327,9 @@ class Table(LocalSource):
                 needed += [f for _, f, _, _ in string.Formatter().parse(template) if f]
         missing = [c for c in dict.fromkeys(needed) if c not in df.columns]
         if missing:
-            raise DataError(f"{self.path}: column(s) {missing} not found (columns: {list(df.columns)})")
+            guessed = sniff_format(self.path)
+            hint = f"; the file looks like format: {guessed}" if guessed not in (None, "table") else ""
+            raise DataError(f"{self.path}: column(s) {missing} not found (columns: {list(df.columns)}){hint}")
 
     def _media(self, row: dict, medium: str) -> Any:
         key, template = getattr(self.entry, f"{medium}_key"), getattr(self.entry, f"{medium}_template")
@@ -278,7 +341,11 @@ class Table(LocalSource):
 
     def items(self):
         e = self.entry
-        df = read_table(self.path)
+        try:
+            df = read_table(self.path)
+        except DataError as exc:
+            guessed = sniff_format(self.path)
+            raise DataError(f"{exc}; the file looks like format: {guessed}" if guessed not in (None, "table") else str(exc)) from None
         self._columns(df)
         if e.split_mode == "from_file" and not e.split_key:
             self._file_split = split_from_filename(self.path)
