@@ -1,12 +1,19 @@
-"""Bootstrap confidence intervals over test queries, and the paired bootstrap of a difference.
+"""Bootstrap confidence intervals over test items, and the paired bootstrap of a difference.
 
-Every metric here is a function of per-query (or per-item) statistics: Recall@K is the mean of
-``rank < K``, CIDEr-D the mean of per-item scores, corpus BLEU a function of summed n-gram counts.
-A bootstrap resample draws the queries with replacement; drawing multinomial *counts* per query
+Every metric here is a function of per-item statistics: CIDEr-D the mean of per-item scores, corpus
+BLEU a function of summed n-gram counts, Recall@K the share of queries with ``rank < K``. A bootstrap
+resample draws the test *items* with replacement; drawing multinomial *counts* per item
 (``resample_counts``) gives every resample as one matrix product with the statistics, so 1,000
-resamples of 10k queries cost a few matrix products. Seeded: the same seed gives the same interval.
+resamples of 10k items cost a few matrix products. Seeded: the same seed gives the same interval.
 
-The paired bootstrap (a PR against its base) draws the *same* queries for both runs, so what varies
+Retrieval has several queries per item (text->media: every caption of the item), and the captions of
+one item are correlated: resampling queries independently would treat 5 near-identical captions as 5
+independent observations and shrink the interval by up to sqrt(5). So queries are resampled in
+clusters (``cluster_sums``, ``cluster_ci``): an item drawn c times weights each of its queries by c,
+and R@K is the ratio of weighted hits to weighted queries. Duplicating an item's queries leaves the
+interval unchanged.
+
+The paired bootstrap (a PR against its base) draws the *same* items for both runs, so what varies
 between them is only the change; a difference whose 95% interval excludes 0 is marked as real.
 """
 
@@ -33,7 +40,7 @@ def resample_counts(n: int, resamples: int, seed: int, chunk: int = 200):
 def bootstrap(stats: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], *, resamples: int = RESAMPLES,
               seed: int = 0) -> np.ndarray:
     """``statistic`` of each resample; ``stats`` is (n, s) per-item statistics, ``statistic`` maps
-    (r, s) count-weighted *sums* and the resample size to (r,) values."""
+    (r, s) count-weighted *sums* to (r,) values (or (r, j): one column per statistic)."""
     stats = np.asarray(stats, dtype=np.float64)
     if stats.ndim == 1:
         stats = stats[:, None]
@@ -59,7 +66,7 @@ def mean_ci(values: np.ndarray, *, resamples: int = RESAMPLES, seed: int = 0) ->
 def paired_difference(new: np.ndarray, old: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], *,
                       resamples: int = RESAMPLES, seed: int = 0) -> dict:
     """statistic(new) − statistic(old) over the same items, its paired 95% interval (every resample draws
-    the same rows of both) and whether the interval excludes 0. ``new``/``old``: (n, s) per-item
+    the same items of both) and whether the interval excludes 0. ``new``/``old``: (n, s) per-item
     statistics; ``statistic`` maps (r, s) count-weighted sums to (r,) values (a mean: ``sums[:, 0] / n``)."""
     new = np.asarray(new, dtype=np.float64).reshape(len(new), -1)
     old = np.asarray(old, dtype=np.float64).reshape(len(old), -1)
@@ -73,14 +80,51 @@ def paired_difference(new: np.ndarray, old: np.ndarray, statistic: Callable[[np.
     return {"diff": point, "lo": lo, "hi": hi, "significant": bool(lo > 0 or hi < 0)}
 
 
-def with_ci(metrics: dict[str, float], per_item: dict[str, np.ndarray], *, resamples: int = RESAMPLES,
-            seed: int = 0) -> dict[str, float]:
-    """``metrics`` with ``<name>_ci95_lo`` / ``<name>_ci95_hi`` beside every value that has per-item values
-    (flat keys, so ``dvc metrics diff`` shows the bounds as metrics of their own)."""
-    out = {}
-    for name, value in metrics.items():
-        out[name] = value
-        if name in per_item:
-            lo, hi = mean_ci(per_item[name], resamples=resamples, seed=seed)
-            out[f"{name}_ci95_lo"], out[f"{name}_ci95_hi"] = round(lo, 4), round(hi, 4)
-    return out
+def paired_cluster_difference(clusters, new: np.ndarray, old: np.ndarray, *, resamples: int = RESAMPLES,
+                              seed: int = 0) -> dict:
+    """``paired_difference`` of the per-row means of ``new`` and ``old`` ((n,) values of the same rows,
+    e.g. the hits of the queries both runs share), resampling whole clusters (test items): every resample
+    draws the same items for both runs and weights each of their rows by the draw count."""
+    new = np.asarray(new, dtype=np.float64).reshape(-1)
+    old = np.asarray(old, dtype=np.float64).reshape(-1)
+    if new.shape != old.shape or len(new) != len(clusters):
+        raise ValueError(f"paired bootstrap needs the same rows on both sides ({new.shape} vs {old.shape})")
+    _, sums = cluster_sums(clusters, np.stack([new, old], axis=1))  # columns: new, old, rows
+    ratio = lambda s: s[:, 0] / s[:, 1]  # noqa: E731
+    return paired_difference(sums[:, [0, 2]], sums[:, [1, 2]], ratio, resamples=resamples, seed=seed)
+
+
+def as_columns(stats: np.ndarray) -> np.ndarray:
+    stats = np.asarray(stats, dtype=np.float64)
+    return stats[:, None] if stats.ndim == 1 else stats
+
+
+def cluster_sums(clusters, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted cluster ids, (m, s + 1) per-cluster sums of the per-row ``stats`` with a last column
+    counting each cluster's rows). Sorted, so neither the row order nor duplicated rows change which
+    cluster a resample draws: the interval depends on the items, not on how their queries are listed."""
+    clusters = np.asarray(clusters)
+    stats = as_columns(stats)
+    ids, inverse = np.unique(clusters, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    columns = [np.bincount(inverse, weights=stats[:, j], minlength=len(ids)) for j in range(stats.shape[1])]
+    columns.append(np.bincount(inverse, minlength=len(ids)).astype(np.float64))
+    return ids, np.stack(columns, axis=1)
+
+
+def ratio_of_sums(sums: np.ndarray) -> np.ndarray:
+    """Weighted per-row means from resampled cluster sums: every column but the last over the last (the
+    weighted number of rows). A ratio estimator, so clusters of different sizes weigh by their rows."""
+    return sums[:, :-1] / sums[:, -1:]
+
+
+def cluster_ci(clusters, stats: np.ndarray, *, resamples: int = RESAMPLES, seed: int = 0,
+               level: float = LEVEL) -> list[tuple[float, float]]:
+    """Interval of the per-row mean of each column of ``stats`` (n, s), resampling whole clusters
+    (test items) with replacement: one (lo, hi) per column."""
+    stats = as_columns(stats)
+    if len(stats) == 0:
+        return [(float("nan"), float("nan"))] * stats.shape[1]
+    _, sums = cluster_sums(clusters, stats)
+    draws = bootstrap(sums, ratio_of_sums, resamples=resamples, seed=seed)
+    return [interval(draws[:, j], level) for j in range(draws.shape[1])]

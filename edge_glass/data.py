@@ -25,7 +25,8 @@ MODALITY_INDEX = {"image": 1, "audio": 2}  # in the token-dropout seed (names wo
 
 
 class FeatureSplit:
-    """Items of ``split`` that have captions and at least one medium with features."""
+    """Items of ``split`` that have captions and at least one medium with features; the others are
+    counted by reason in ``left_out`` (ids in ``left_out_ids``), never dropped silently."""
 
     def __init__(self, features_dir: str | Path, manifest_path: str | Path, split: str):
         features_dir = Path(features_dir)
@@ -48,6 +49,13 @@ class FeatureSplit:
         for rows in media_rows.values():
             has_media |= rows >= 0
         keep = (counts > 0) & has_media
+        # every split item is scored or counted here: split items = len(self) + left_out_total. Each left-out
+        # item under one reason, the first that applies (no caption at all, captions never encoded, no media)
+        listed = manifest.captions.map(lambda c: c is not None and len(c) > 0).to_numpy(bool)
+        reasons = np.select([keep, ~listed, counts == 0, ~has_media], ["", "no_captions", "no_caption_features", "no_media_features"], "")
+        self.left_out: dict[str, int] = {r: int((reasons == r).sum()) for r in ("no_captions", "no_caption_features", "no_media_features")}
+        self.left_out_ids: dict[str, list[str]] = {r: manifest.item_id[reasons == r].tolist() for r in self.left_out}
+        self.split_items = len(manifest)
         if not keep.any():
             raise ValueError(f"no {split} items with captions and media features in {features_dir}")
         text = text[keep[text["item"].to_numpy()]]
@@ -63,6 +71,11 @@ class FeatureSplit:
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def left_out_total(self) -> int:
+        """Split items not scored (lacking captions or media features); see ``left_out`` for the reasons."""
+        return sum(self.left_out.values())
 
     @property
     def caption_counts(self) -> np.ndarray:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +18,7 @@ from edge_glass.data import FeatureSplit
 from edge_glass.features import FeatureStore
 from edge_glass.linear_probe import RIDGE_GRID, apply_map, ridge_map
 from edge_glass.models.aligner import AlignModel
-from edge_glass.bootstrap import with_ci
+from edge_glass.bootstrap import cluster_ci
 from edge_glass.retrieval import query_ranks, recall_from_ranks
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -83,10 +86,19 @@ def media_text_recalls(media: tuple[torch.Tensor, list], text: tuple[torch.Tenso
 
 
 def recalls_with_ci(ranks: pd.DataFrame, ks: list[int], resamples: int, seed: int) -> dict[str, float]:
-    """R@K for every k with its bootstrap 95% interval over the queries (flat ``R@1_ci95_lo`` keys)."""
-    hits = {f"R@{k}": (ranks["rank"].to_numpy() < k).astype(np.float64) for k in ks}
-    return with_ci({name: round(float(h.mean()), 4) if len(h) else float("nan") for name, h in hits.items()}, hits,
-                   resamples=resamples, seed=seed)
+    """R@K for every k with its bootstrap 95% interval over the test *items* (flat ``R@1_ci95_lo`` keys).
+
+    The ranks stay fixed; a resample draws the items of ``ranks.item_id`` with replacement and weights
+    every query of an item by its draw count (``bootstrap.cluster_ci``): the captions of one item are
+    correlated, so resampling them as independent queries would make text->media intervals too narrow."""
+    rank = ranks["rank"].to_numpy()
+    hits = np.stack([(rank < k) for k in ks], axis=1).astype(np.float64) if len(rank) else np.zeros((0, len(ks)))
+    bounds = cluster_ci(ranks["item_id"].to_numpy(), hits, resamples=resamples, seed=seed)
+    out = {}
+    for j, (k, (lo, hi)) in enumerate(zip(ks, bounds)):
+        out[f"R@{k}"] = round(float(hits[:, j].mean()), 4) if len(rank) else float("nan")
+        out[f"R@{k}_ci95_lo"], out[f"R@{k}_ci95_hi"] = round(lo, 4), round(hi, 4)
+    return out
 
 
 def embedded_ranks(emb: dict, d: int, device, chunk: int) -> dict[str, pd.DataFrame]:
@@ -177,19 +189,33 @@ def summarise(ranks: dict[str, pd.DataFrame], params: Params) -> dict[str, dict]
     return {task: recalls_with_ci(f, ev.recall_k, ev.bootstrap_resamples, params.seed) for task, f in ranks.items()}
 
 
+def items_sha256(item_ids) -> str:
+    """sha256 hex of the sorted item ids joined by newlines: two runs scored the same test items exactly
+    when these agree (``compare`` refuses to pair runs whose hashes differ)."""
+    return hashlib.sha256("\n".join(sorted(map(str, item_ids))).encode()).hexdigest()
+
+
+VAL_WARNING = ("evaluate.split=val: the val split also selected the align checkpoint (align.train.select) and "
+               "tuned the baseline's ridge strength, so these numbers are optimistic; report evaluate.split=test")
+
+
 def run_evaluate(params: Params, features_dir: str | Path, manifest_path: str | Path,
                  model: AlignModel) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Retrieval metrics of ``model`` on ``evaluate.split`` (on ``evaluate.device``) and of the ridge
-    baseline, each R@K with a bootstrap 95% interval over the test queries, overall and per source.
+    baseline, each R@K with a bootstrap 95% interval over the test items, overall and per source.
 
-    Returns (metrics, R@K per MRL dim, per-query ranks at the top dim: what a PR's paired bootstrap
-    compares against its base)."""
+    Returns (metrics, R@K with its interval per MRL dim and task, per-query ranks at the top dim: what a
+    PR's paired bootstrap compares against its base)."""
     from edge_glass.device import stage_device
 
     model = model.to(stage_device(params.evaluate.device, "evaluate.device"))
     features_dir = Path(features_dir)
     ev = params.evaluate
     split = ev.split
+    if split == "val":
+        # both channels: the stage's log line can scroll by, stderr is what a CI log or a terminal keeps
+        logging.getLogger(__name__).warning(VAL_WARNING)
+        print(f"warning: {VAL_WARNING}", file=sys.stderr)
     data = FeatureSplit(features_dir, manifest_path, split)
     emb = embed_split(model, data)
     device = model_device(model)
@@ -207,14 +233,27 @@ def run_evaluate(params: Params, features_dir: str | Path, manifest_path: str | 
     metrics = {
         "split": split,
         "items": len(data),
-        "bootstrap": {"resamples": ev.bootstrap_resamples, "level": 0.95, "over": "test queries", "seed": params.seed},
+        "test_items_sha256": items_sha256(data.item_ids),
+        # split items = items + items_left_out: the ones FeatureSplit could not score, by reason
+        "items_left_out": data.left_out_total,
+        "items_left_out_by_reason": dict(data.left_out),
+        "bootstrap": {"resamples": ev.bootstrap_resamples, "level": 0.95, "seed": params.seed,
+                      "over": "test items",
+                      "method": "cluster bootstrap: each resample draws test items with replacement and weights "
+                                "every query of an item by its draw count"},
         "trained": summarise(by_dim_ranks[top], params),
         "baseline": {**summarise(base_ranks, params), "ridge": chosen},
         "by_source": by_source,
         "by_dim": {str(d): {t: {f"R@{k}": v for k, v in recall_from_ranks(f["rank"].to_numpy(), ev.recall_k).items()}
                             for t, f in r.items()} for d, r in by_dim_ranks.items()},
     }
+    # the CSV (a DVC plot) carries each dim's interval too: whether a smaller dim really loses recall
     rows = [{"dim": d, "task": task, **r} for d, res in metrics["by_dim"].items() for task, r in res.items()]
+    bounds = {(str(d), task): recalls_with_ci(f, ev.recall_k, ev.bootstrap_resamples, params.seed)
+              for d, r in by_dim_ranks.items() for task, f in r.items()}
+    for row in rows:
+        ci = bounds[(row["dim"], row["task"])]
+        row.update({key: ci[key] for k in ev.recall_k for key in (f"R@{k}_ci95_lo", f"R@{k}_ci95_hi")})
     per_query = pd.concat([f.assign(model=name, task=task, source=f.item_id.map(source_of))
                            for name, ranks in (("trained", by_dim_ranks[top]), ("baseline", base_ranks))
                            for task, f in ranks.items()], ignore_index=True)

@@ -2,7 +2,8 @@
 
 A query scores a hit at k if any gallery entry owned by the query's item is among its top k. The
 per-query statistic is the rank of the first hit (``query_ranks``); Recall@K is the mean of
-``rank < K``, and its bootstrap interval resamples these ranks (``edge_glass.bootstrap``).
+``rank < K``, and its bootstrap interval resamples the test items that own the queries, keeping these
+ranks fixed (``edge_glass.bootstrap.cluster_ci``).
 Ties have a defined order: equal similarities rank by gallery index (the lower first), so results do
 not depend on how a top-k kernel happens to order them. Similarities are computed in chunks of
 queries, so memory is chunk_size x gallery.

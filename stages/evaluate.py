@@ -1,5 +1,6 @@
 """evaluate stage: retrieval Recall@K on the test split for every MRL dim, and a no-training baseline,
-each with bootstrap 95% intervals; caption metrics with intervals; per-query results for paired PR diffs."""
+each with bootstrap 95% intervals over test items; caption metrics with intervals; per-query results for
+paired PR diffs."""
 
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def main(params, args):
         by_dim.to_csv(tmp, index=False)
     with atomic_path(args.queries) as tmp:
         per_query.to_parquet(tmp, index=False)
+    left = {r: n for r, n in metrics["items_left_out_by_reason"].items() if n}
+    print(f"{metrics['split']}: {metrics['items']} items scored, {metrics['items_left_out']} left out"
+          + (f" ({', '.join(f'{r}: {n}' for r, n in left.items())})" if left else ""))
     ks = [f"R@{k}" for k in params.evaluate.recall_k[:2]]
     for task, r in metrics["trained"].items():
         shown = "  ".join(f"{k} {fmt(r, k)}" for k in ks)
@@ -50,7 +54,7 @@ if __name__ == "__main__":
     parser.add_argument("--manifest", default="data/download/manifest.parquet")
     parser.add_argument("--model", default="data/align", help="folder with model.safetensors and model.json")
     parser.add_argument("--metrics", default="metrics/retrieval.json")
-    parser.add_argument("--plot", default="metrics/recall_by_dim.csv", help="R@K per MRL dim (DVC plot)")
+    parser.add_argument("--plot", default="metrics/recall_by_dim.csv", help="R@K with 95%% interval per MRL dim (DVC plot)")
     parser.add_argument("--queries", default="metrics/retrieval_queries.parquet",
                         help="per-query first-hit ranks (trained and baseline, top MRL dim): paired PR comparisons")
     parser.add_argument("--captions", default="data/decode/captions.parquet", help="decode output ('' to skip)")
