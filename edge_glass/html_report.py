@@ -267,7 +267,7 @@ def build_html(repo: Path, out: Path, params: Params, *, features_dir: Path, man
     nav = " · ".join(f'<a href="#{s}_to_{d}">{s}→{d}</a>' for s, d in DIRECTIONS) + ' · <a href="#captions">captions</a>'
     body = [f"<h1>edge_glass report</h1><p>{nav}</p>",
             f"<p>Split <b>{esc(retrieval['split'])}</b>, {retrieval['items']} items; top MRL dim; intervals are "
-            "bootstrap 95% over the test queries. Results marked ✓ (green) are the query's true item.</p>",
+            "bootstrap 95% over the test items (an item's queries resampled together). Results marked ✓ (green) are the query's true item.</p>",
             retrieval_html(retrieval), caps, *plots,
             *(direction_section(s, d, emb, cap_ids, texts, ranks, assets, params) for s, d in DIRECTIONS),
             captions_section(Path(captions_path), assets, params),

@@ -74,14 +74,22 @@ def source_table(retrieval: dict) -> str:
 
 
 def plot_recall_by_dim(csv: Path, out: Path) -> Path:
+    """R@1 per MRL dim and task, each with its 95% interval over test items as a band (when the CSV has
+    ``R@1_ci95_lo/hi``: written by evaluate since the item-level bootstrap), so a drop between dims can be
+    told from noise."""
     plt = _plt()
     frame = pd.read_csv(csv)
+    bands = {"R@1_ci95_lo", "R@1_ci95_hi"} <= set(frame.columns)
     fig, ax = plt.subplots(figsize=(6, 4))
     for task, rows in frame.groupby("task"):
         rows = rows.sort_values("dim")
-        ax.plot(rows["dim"], rows["R@1"], marker="o", label=task)
+        line, = ax.plot(rows["dim"], rows["R@1"], marker="o", label=task)
+        if bands:
+            ax.fill_between(rows["dim"], rows["R@1_ci95_lo"], rows["R@1_ci95_hi"], color=line.get_color(), alpha=0.15,
+                            linewidth=0)
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="MRL dim", ylabel="R@1 (test)", title="Recall@1 vs Matryoshka dim")
+    title = "Recall@1 vs Matryoshka dim" + (" (bands: 95% interval over test items)" if bands else "")
+    ax.set(xlabel="MRL dim", ylabel="R@1 (test)", title=title)
     return save_line_plot(plt, fig, ax, out)
 
 
@@ -168,8 +176,9 @@ def build_report(repo: Path, out: Path, experiments: bool = True, base_ref: str 
     parts = ["# edge_glass report", "",
              f"Split `{retrieval['split']}`, {retrieval['items']} items. Trained = align model at the largest MRL dim; "
              "baseline = ridge map of frozen pooled features (no training).", "",
-             "## Retrieval", "", "Intervals: bootstrap 95% over the test queries "
-             f"({retrieval.get('bootstrap', {}).get('resamples', '?')} resamples).", "", retrieval_table(retrieval), ""]
+             "## Retrieval", "", "Intervals: bootstrap 95% over the test items (each resample draws items with "
+             "replacement and keeps all of an item's queries together; "
+             f"{retrieval.get('bootstrap', {}).get('resamples', '?')} resamples).", "", retrieval_table(retrieval), ""]
     if retrieval.get("by_source"):
         parts += ["### By source", "", "A caption read aloud (emoji: espeak-ng; Asterisk: a human recording of the "
                   "transcript) makes audio->text partly a test of recognising the caption's own words; only "
@@ -194,10 +203,13 @@ def build_report(repo: Path, out: Path, experiments: bool = True, base_ref: str 
         if samples.exists():
             parts += ["### Samples", "", *samples.read_text().splitlines()[2:], ""]
     if base_ref:
-        from edge_glass.compare import compare, markdown
+        from edge_glass.compare import NotComparable, compare, markdown, not_comparable_markdown
 
-        rows = compare(repo, None, base_ref)
-        parts += [markdown(rows, f"Paired comparison vs `{base_ref}`"), ""]
+        title = f"Paired comparison vs `{base_ref}`"
+        try:
+            parts += [markdown(compare(repo, None, base_ref), title), ""]
+        except NotComparable as exc:  # different test sets: say so instead of pairing unrelated queries
+            parts += [not_comparable_markdown(str(exc), title), ""]
     if experiments:
         table = experiments_table(repo)
         rows = ablation_rows(table) if table is not None else None

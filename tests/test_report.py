@@ -30,3 +30,27 @@ def test_ablation_rows_pick_perceiver_experiments_by_latents():
     rows = ablation_rows(table)
     assert rows["align.perceiver.num_latents"].tolist() == [16, 32, 64]
     assert rows["mean media->text R@1"].round(3).tolist() == [0.25, 0.22, 0.30]
+
+
+def test_recall_by_dim_plot_draws_each_tasks_interval_as_a_band(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from edge_glass.report import plot_recall_by_dim
+
+    frame = pd.DataFrame({"dim": [64, 128, 64, 128], "task": ["image_to_text"] * 2 + ["text_to_image"] * 2,
+                          "R@1": [0.2, 0.3, 0.25, 0.35], "R@1_ci95_lo": [0.15, 0.24, 0.2, 0.3],
+                          "R@1_ci95_hi": [0.26, 0.37, 0.31, 0.41]})
+    frame.to_csv(tmp_path / "by_dim.csv", index=False)
+    bands, fill = [], Axes.fill_between
+    monkeypatch.setattr(Axes, "fill_between", lambda self, x, lo, hi, **kw: bands.append((list(x), list(lo), list(hi)))
+                        or fill(self, x, lo, hi, **kw))
+    out = plot_recall_by_dim(tmp_path / "by_dim.csv", tmp_path / "plot.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(bands) == [([64, 128], [0.15, 0.24], [0.26, 0.37]), ([64, 128], [0.2, 0.3], [0.31, 0.41])]
+    bands.clear()
+    frame.drop(columns=["R@1_ci95_lo", "R@1_ci95_hi"]).to_csv(tmp_path / "old.csv", index=False)  # an older run's CSV
+    plot_recall_by_dim(tmp_path / "old.csv", tmp_path / "old.png")
+    assert bands == []
