@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -38,6 +39,7 @@ class WorkItem:
     item_id: str
     source: Any  # path or caption text
     sort_key: float = 0.0
+    content: str = ""  # what the encoder reads, by value (caption text / media content hash): in the fingerprint
 
 
 def work_items(manifest: pd.DataFrame, modality: str, base_dir: Path) -> list[WorkItem]:
@@ -48,10 +50,24 @@ def work_items(manifest: pd.DataFrame, modality: str, base_dir: Path) -> list[Wo
             ref = media_ref(row, modality)
             if ref is not None:
                 sort_key = float(row.audio_duration_s) if modality == "audio" else 0.0
-                items.append(WorkItem(row.item_id, row.item_id, (base_dir, ref), sort_key))
+                items.append(WorkItem(row.item_id, row.item_id, (base_dir, ref), sort_key,
+                                      media_content(row, modality, base_dir, ref)))
         else:
-            items.extend(WorkItem(f"{row.item_id}#{k}", row.item_id, c) for k, c in enumerate(row.captions))
+            items.extend(WorkItem(f"{row.item_id}#{k}", row.item_id, c, content=c) for k, c in enumerate(row.captions))
     return items
+
+
+def media_content(row, modality: str, base_dir: Path, ref) -> str:
+    """A medium's content hash: the manifest's ``{image,audio}_sha256`` (download writes it), else a hash of
+    the member's bytes (older manifests). Same id with other content (download re-run with other image or
+    audio settings) must not reuse a shard; an unreadable member gets a marker and becomes a reject later."""
+    digest = getattr(row, f"{modality}_sha256", None)
+    if isinstance(digest, str) and digest:
+        return digest
+    try:
+        return "bytes:" + hashlib.sha256(ref.read(base_dir)).hexdigest()
+    except OSError:
+        return "unreadable"
 
 
 def read_input(it: WorkItem) -> Any:
@@ -130,7 +146,17 @@ def code_fingerprint() -> str:
     """Hash of the code that computes features: a changed encoder or loader invalidates finished shards."""
     pkg = Path(__file__).parent
     return files_fingerprint([*pkg.glob("encoders/*.py"), pkg / "preprocess.py", pkg / "features.py", pkg / "media.py",
-                              pkg / "mediashards.py"])
+                              pkg / "mediashards.py", pkg / "device.py"])
+
+
+def encoder_fingerprint(encoder: FrozenEncoder, dtype_name: str) -> str:
+    """Everything of a run that changes a shard's numbers, but its inputs (:func:`shard_fingerprint` adds
+    those): the encoder (name, weight hashes of the loaded tensors, media preprocessing settings), the
+    storage dtype, the *resolved* device type and autocast dtype (``precision: auto`` is bf16 on CUDA and
+    fp32 on the CPU, so the params alone do not say), torch's version and the feature code."""
+    return json.dumps({"encoder": asdict(encoder.info), "dtype": dtype_name, "device": encoder.device.type,
+                       "autocast": str(encoder.precision).removeprefix("torch."), "torch": torch.__version__,
+                       "code": code_fingerprint()}, sort_keys=True)
 
 
 def make_batches(items: list[WorkItem], bs: int) -> list[list[WorkItem]]:
@@ -178,10 +204,12 @@ def preprocess_modality(
         return {"items": 0, "encoded": 0, "rejected": 0}
     encoder = encoder or build_encoder(modality, params)
     dtype_name = params.preprocess.dtype
-    base = json.dumps({"encoder": asdict(encoder.info), "dtype": dtype_name, "code": code_fingerprint()}, sort_keys=True)
+    base = encoder_fingerprint(encoder, dtype_name)
     plan = plan_shards([it.id for it in items], params.preprocess.shard_size)
     by_id = {it.id: it for it in items}
-    fingerprints = [shard_fingerprint(base, shard_ids) for shard_ids in plan]
+    # each planned id with its input's content: a caption edited or a medium replaced under the same id re-encodes
+    fingerprints = [shard_fingerprint(base, [f"{i}\t{hashlib.sha256(by_id[i].content.encode()).hexdigest()}"
+                                             for i in shard_ids]) for shard_ids in plan]
     finished = {}  # shard -> metadata, for shards an earlier run already wrote with this fingerprint
     todo = {}  # shard -> its batches, for the others
     for k, shard_ids in enumerate(plan):
@@ -246,6 +274,8 @@ def preprocess_modality(
         "tokens": n_tokens,
         "mean_tokens": n_tokens / max(len(index_rows), 1),
         "encoder": asdict(encoder.info),
+        "device": encoder.device.type,
+        "autocast": str(encoder.precision).removeprefix("torch."),
         "seconds": round(encode_seconds, 3),
         "items_per_s": round(encoded_now / encode_seconds, 2) if encode_seconds > 0 else None,
     }
@@ -288,6 +318,7 @@ def run_preprocess(params: Params, manifest_path: str | Path, out_dir: str | Pat
             (out_dir / stale).rmdir()
     encoders = {
         m: {**s["encoder"], "dtype": params.preprocess.dtype, "shard_size": params.preprocess.shard_size,
+            "device": s["device"], "autocast": s["autocast"],  # resolved: align's fingerprint hashes this file
             "encoded": s["encoded"], "tokens": s["tokens"]}
         for m, s in stats.items() if s["encoded"]
     }
@@ -296,4 +327,5 @@ def run_preprocess(params: Params, manifest_path: str | Path, out_dir: str | Pat
     rejects = [{"modality": m, **r} for m, s in stats.items() for r in s.get("rejects", [])]
     with atomic_path(out_dir / "rejects.csv") as tmp:
         pd.DataFrame(rejects, columns=["modality", "id", "item_id", "reason"]).to_csv(tmp, index=False)
-    return {m: {k: v for k, v in s.items() if k not in ("rejects", "encoder")} for m, s in stats.items()}
+    return {m: {k: v for k, v in s.items() if k not in ("rejects", "encoder", "device", "autocast")}
+            for m, s in stats.items()}

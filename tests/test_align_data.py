@@ -172,22 +172,73 @@ def test_align_memory_stays_flat_as_items_grow(tmp_path):
     assert rss[4000] - rss[500] < 100, rss
 
 
-@requires_cuda
-def test_cuda_training_step_and_evaluation(synthetic):
-    from edge_glass.distributed import DistInfo
-    from edge_glass.evaluate import trained_recalls
-    from edge_glass.align import build_model, make_optimizer, train_step
+@pytest.fixture(scope="module")
+def initial_state(synthetic):
+    """The shipped recipe's initial model (PCA head, ridge linear path: the slow part), built once on the CPU."""
+    from edge_glass.align import build_model
 
-    params = parse_params(shipped_params())
     data = FeatureSplit(synthetic["features"], synthetic["manifest"], "train")
-    info = DistInfo(0, 1, torch.device("cuda"))
-    model = build_model(params.align, data, params.seed).to(info.device)
+    return build_model(parse_params(shipped_params()).align, data, 0).state_dict()
+
+
+def steps_and_val_embeddings(synthetic, initial_state, device: str, precision: str = "fp32", seed: int = 0,
+                             steps: int = 2):
+    """Training steps of the shipped recipe from one initial model on ``device`` (``seed``: batches and
+    dropout): the losses, the val embeddings (on the CPU) and the val recalls of the top MRL dim."""
+    from edge_glass.distributed import DistInfo
+    from edge_glass.evaluate import embed_split, trained_recalls
+    from edge_glass.align import make_optimizer, train_step
+    from edge_glass.models.aligner import AlignModel
+
+    params = parse_params(shipped_params(precision=precision, seed=seed))
+    data = FeatureSplit(synthetic["features"], synthetic["manifest"], "train")
+    val = FeatureSplit(synthetic["features"], synthetic["manifest"], "val")
+    info = DistInfo(0, 1, torch.device(device))
+    model = AlignModel(params.align, data.token_dims, data.text_dim)
+    model.load_state_dict(initial_state)
+    model.heads["text"].requires_grad_(not params.align.freeze_text_head)
+    model = model.to(info.device)
     opt = make_optimizer(model, params.align)
-    logged = train_step(model, opt, data, 0, params, info)
-    assert np.isfinite(logged["loss"])
-    recalls = trained_recalls(model.eval(), FeatureSplit(synthetic["features"], synthetic["manifest"], "val"),
-                              dims=[256], ks=[1, 5])
-    assert 0 <= recalls[256]["image_to_text"]["R@1"] <= 1
+    losses = [train_step(model, opt, data, step, params, info)["loss"] for step in range(steps)]
+    model.eval()
+    with torch.no_grad():
+        emb = embed_split(model, val)
+        recalls = trained_recalls(model, val, dims=[256], ks=[1, 5])[256]
+    return losses, emb, recalls
+
+
+def assert_runs_match(got, ref, loss_rtol: float, min_cosine: float) -> None:
+    """Same losses (to ``loss_rtol``), every val embedding within ``min_cosine`` of the reference's, and
+    every val R@K within two queries of it (near-ties may flip under other rounding)."""
+    (losses, emb, recalls), (ref_losses, ref_emb, ref_recalls) = got, ref
+    assert np.allclose(losses, ref_losses, rtol=loss_rtol, atol=0), (losses, ref_losses)
+    assert emb.keys() == ref_emb.keys()
+    for m, (z, ids) in emb.items():
+        assert ids == ref_emb[m][1]
+        cos = torch.nn.functional.cosine_similarity(z, ref_emb[m][0], dim=-1)
+        assert cos.min() >= min_cosine, (m, float(cos.min()))
+    for task, r in recalls.items():
+        n = len(ref_emb["text"][1]) if task.startswith("text_to") else len(ref_emb[task.split("_to_")[0]][1])
+        for k, v in r.items():
+            assert abs(v - ref_recalls[task][k]) <= 2 / n + 1e-9, (task, k, v, ref_recalls[task][k])
+
+
+@pytest.mark.slow
+def test_run_comparison_tells_other_runs_apart(synthetic, initial_state):
+    """What the CUDA test asserts holds for two CPU runs and fails for a run of other batches and dropout."""
+    ref = steps_and_val_embeddings(synthetic, initial_state, "cpu")
+    assert_runs_match(steps_and_val_embeddings(synthetic, initial_state, "cpu"), ref, 1e-6, 0.99999)
+    with pytest.raises(AssertionError):
+        assert_runs_match(steps_and_val_embeddings(synthetic, initial_state, "cpu", seed=1), ref, 2e-3, 0.999)
+
+
+@requires_cuda
+def test_cuda_training_steps_and_evaluation_match_the_cpu(synthetic, initial_state):
+    """Training steps, val embeddings and recalls on CUDA equal the CPU's: to TF32 rounding at fp32, to
+    bf16 rounding under the default autocast."""
+    ref = steps_and_val_embeddings(synthetic, initial_state, "cpu")
+    assert_runs_match(steps_and_val_embeddings(synthetic, initial_state, "cuda", "fp32"), ref, 2e-3, 0.999)
+    assert_runs_match(steps_and_val_embeddings(synthetic, initial_state, "cuda", "auto"), ref, 3e-2, 0.98)
 
 
 def test_device_rule_names_the_key():

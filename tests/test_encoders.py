@@ -69,3 +69,113 @@ def test_packaged_whisper_base_joins_parts(tmp_path, monkeypatch):
     monkeypatch.setattr(audio, "CACHE_DIR", tmp_path)
     enc = audio.WhisperAudio(AudioEncoderParams(model="whisper-base"))
     assert enc.encoder.dim == 512 and len(enc.encoder.blocks) == 6
+
+
+def test_module_hashes_follow_every_weight_and_the_architecture():
+    from edge_glass.encoders.base import module_hashes
+
+    def net(eps=1e-5):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3, eps=eps)).to(torch.bfloat16)
+
+    base = module_hashes([net()])
+    assert module_hashes([net()]) == base  # same weights, same hashes
+    changed = net()
+    with torch.no_grad():
+        changed[0].weight[1, 2] += 0.125  # one element of one tensor
+    assert module_hashes([changed])["state_dict"] != base["state_dict"]
+    assert module_hashes([changed])["architecture"] == base["architecture"]
+    other_eps = module_hashes([net(eps=1e-6)])  # a setting that is no tensor
+    assert other_eps["architecture"] != base["architecture"] and other_eps["state_dict"] == base["state_dict"]
+
+
+def _tiny_bert_dir(path, seed: int):
+    """A 1-layer BERT with the packaged MiniLM tokenizer (sentence-transformers adds mean pooling)."""
+    import shutil
+    from pathlib import Path
+
+    from transformers import BertConfig, BertModel
+
+    from edge_glass.encoders.text import resolve_text_model
+
+    packaged = Path(resolve_text_model("all-MiniLM-L6-v2"))
+    path.mkdir()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(packaged / name, path / name)
+    torch.manual_seed(seed)
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(path)
+    return path
+
+
+def test_text_model_by_hub_id_gets_a_weights_hash(tmp_path, monkeypatch):
+    """A hub id has no files at hand (the old fingerprint had no weights for it): the loaded tensors are
+    hashed, so two models under hub ids differ, and one model loaded twice does not."""
+    import sentence_transformers
+
+    from edge_glass.encoders.base import module_hashes
+
+    dirs = {"org/tiny-a": _tiny_bert_dir(tmp_path / "a", 0), "org/tiny-b": _tiny_bert_dir(tmp_path / "b", 1)}
+
+    class FromHub(sentence_transformers.SentenceTransformer):  # the hub, served from the folders above
+        def __init__(self, name, **kw):
+            super().__init__(str(dirs[name]), **kw)
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", FromHub)
+    a, b = (SentenceTransformerText(TextEncoderParams(model=m)) for m in dirs)
+    assert set(a.info.weights) == {"state_dict", "architecture"}  # no file hashes: nothing at hand
+    assert a.info.weights["state_dict"] != b.info.weights["state_dict"]
+    assert a.info.weights == module_hashes([a.model])  # the tensors that run, not a cached stale value
+    assert SentenceTransformerText(TextEncoderParams(model="org/tiny-a")).info.weights == a.info.weights
+
+
+def _fake_open_clip(seed_of: dict):
+    """open_clip's interface as OpenCLIPVision uses it, with a tiny tower: ``pretrained`` names a seed."""
+    import types
+
+    class Visual(torch.nn.Module):
+        image_size = 32
+
+        def __init__(self):
+            super().__init__()
+            self.transformer = types.SimpleNamespace(width=8)
+            self.proj = torch.nn.Linear(8, 4)
+
+    class Model(torch.nn.Module):
+        def __init__(self, pretrained):
+            super().__init__()
+            if pretrained:
+                torch.manual_seed(seed_of[pretrained])
+            self.visual = Visual()  # unseeded without pretrained: torch's global RNG, as open_clip's init
+            self.text_projection = torch.nn.Parameter(torch.zeros(8, 4))
+
+    return types.SimpleNamespace(
+        __version__="fake", OPENAI_DATASET_MEAN=(0.5, 0.5, 0.5), OPENAI_DATASET_STD=(0.5, 0.5, 0.5),
+        create_model_and_transforms=lambda name, pretrained=None: (Model(pretrained), None, None))
+
+
+def test_open_clip_weights_are_hashed_and_random_weights_repeat(monkeypatch):
+    """open_clip loads from the hub cache (no file at hand): the visual tower's tensors are hashed;
+    ``weights: random`` builds the same tower in every run, so its features (and fingerprint) repeat."""
+    import sys
+
+    from edge_glass.encoders.base import module_hashes
+
+    monkeypatch.setitem(sys.modules, "open_clip", _fake_open_clip({"a": 1, "b": 2}))
+    torch.manual_seed(123)
+    random1 = OpenCLIPVision(VisionEncoderParams(backend="open_clip", open_clip_model="Fake-Tiny", weights="random"))
+    torch.manual_seed(456)  # whatever the caller's RNG state
+    random2 = OpenCLIPVision(VisionEncoderParams(backend="open_clip", open_clip_model="Fake-Tiny", weights="random"))
+    assert random1.info.weights["state_dict"] == random2.info.weights["state_dict"]
+    assert torch.equal(random1.visual.proj.weight, random2.visual.proj.weight)
+    a, b = (OpenCLIPVision(VisionEncoderParams(backend="open_clip", open_clip_model="Fake-Tiny", open_clip_pretrained=p))
+            for p in "ab")
+    assert len({random1.info.weights["state_dict"], a.info.weights["state_dict"], b.info.weights["state_dict"]}) == 3
+    assert a.info.weights == module_hashes([a.visual])
+
+
+@pytest.mark.slow
+def test_real_open_clip_random_tower_is_hashed_and_repeats():
+    pytest.importorskip("open_clip")
+    encoders = [OpenCLIPVision(VisionEncoderParams(backend="open_clip", weights="random")) for _ in range(2)]
+    assert encoders[0].info.weights["state_dict"] == encoders[1].info.weights["state_dict"]
+    assert torch.equal(next(encoders[0].visual.parameters()), next(encoders[1].visual.parameters()))

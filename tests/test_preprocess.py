@@ -97,6 +97,93 @@ def test_changed_encoder_code_or_dtype_recomputes_shards(features, tmp_path, mon
     assert read_shard(copy / "text" / "shard-00000.safetensors").pooled.dtype == torch.float32
 
 
+def test_precision_change_reencodes_every_shard_and_same_settings_reuse(features, tmp_path):
+    """preprocess.precision is in the shard fingerprint as the *resolved* autocast dtype: bf16 on the CPU
+    re-encodes every shard (and encoders.json, which align's fingerprint hashes, records it); the same
+    settings again reuse every shard; back to auto (fp32 here) re-encodes to the original bytes."""
+    root, out, _ = features
+    copy = tmp_path / "features"
+    shutil.copytree(out, copy)
+    manifest = root / "data" / "download" / "manifest.parquet"
+    raw = _raw(root)
+    raw["preprocess"]["modalities"] = ["text"]  # the cheapest encoder; every encoder shares the fingerprint
+    original = shard_bytes(copy / "text")
+    encoders_before = json.loads((copy / "encoders.json").read_text())["text"]
+    assert (encoders_before["device"], encoders_before["autocast"]) == ("cpu", "float32")
+    bf16 = json.loads(json.dumps(raw))
+    bf16["preprocess"]["precision"] = "bf16"
+    stats = run_preprocess(parse_params(bf16), manifest, copy)
+    assert stats["text"]["resumed_shards"] == 0 and stats["text"]["shards"] > 1
+    assert json.loads((copy / "encoders.json").read_text())["text"]["autocast"] == "bfloat16"
+    reencoded = shard_bytes(copy / "text")
+    assert all(reencoded[k] != original[k] for k in original if k.startswith("shard-"))
+    again = run_preprocess(parse_params(bf16), manifest, copy)
+    assert again["text"]["resumed_shards"] == again["text"]["shards"] and shard_bytes(copy / "text") == reencoded
+    back = run_preprocess(parse_params(raw), manifest, copy)
+    assert back["text"]["resumed_shards"] == 0 and shard_bytes(copy / "text") == original
+
+
+def test_fingerprint_holds_the_resolved_device_and_autocast():
+    """``precision: auto`` resolves to bf16 on CUDA and fp32 on the CPU: the same params, other numbers."""
+    from edge_glass.device import resolve_precision
+    from edge_glass.encoders.base import EncoderInfo, FrozenEncoder
+    from edge_glass.preprocess import encoder_fingerprint
+
+    def placed(device: str) -> FrozenEncoder:
+        enc = FrozenEncoder()
+        enc.info = EncoderInfo("text", "fake", 4, 4, {"state_dict": "0" * 64})
+        enc.device = torch.device(device)  # set, not moved: no GPU needed to build the fingerprint
+        enc.precision = resolve_precision("auto", enc.device)
+        return enc
+
+    cpu, cuda = placed("cpu"), placed("cuda")
+    assert encoder_fingerprint(cpu, "float16") == encoder_fingerprint(placed("cpu"), "float16")
+    assert encoder_fingerprint(cpu, "float16") != encoder_fingerprint(cuda, "float16")
+    cuda_fp32 = placed("cuda")
+    cuda_fp32.precision = torch.float32
+    assert encoder_fingerprint(cuda, "float16") != encoder_fingerprint(cuda_fp32, "float16")  # autocast alone
+    assert encoder_fingerprint(cpu, "float16") != encoder_fingerprint(cpu, "float32")
+
+
+def test_changed_caption_or_medium_under_the_same_id_reencodes_only_its_shard(features, tmp_path):
+    """The fingerprint holds each input's content: an edited caption or a replaced image under the same
+    item id re-encodes the shard that holds it (with the new input's features); the other shards are reused."""
+    import pyarrow.parquet as pq
+
+    root, out, _ = features
+    data = tmp_path / "data"
+    shutil.copytree(root / "data" / "download", data / "download")
+    shutil.copytree(out, data / "features")
+    manifest_path = data / "download" / "manifest.parquet"
+    manifest = read_manifest(manifest_path)
+    images = manifest.index[manifest.image_shard.notna()]
+    a, b = images[0], images[1]  # first image shard (8 images): swap the first two items' images
+    media_cols = [c for c in manifest.columns if c.startswith("image_")]
+    manifest.loc[[a, b], media_cols] = manifest.loc[[b, a], media_cols].to_numpy()
+    last = manifest.index[-1]
+    manifest.at[last, "captions"] = ["a caption that no encoder has seen"] + list(manifest.at[last, "captions"])[1:]
+    table = pq.read_table(root / "data" / "download" / "manifest.parquet")
+    pq.write_table(pa_table(manifest, table.schema), manifest_path)
+    raw = _raw(root)
+    raw["preprocess"]["modalities"] = ["image", "text"]
+    before_image, before_text = FeatureStore(out / "image"), FeatureStore(out / "text")
+    stats = run_preprocess(parse_params(raw), manifest_path, data / "features")
+    assert stats["image"]["resumed_shards"] == stats["image"]["shards"] - 1 and stats["image"]["shards"] >= 2
+    assert stats["text"]["resumed_shards"] == stats["text"]["shards"] - 1 and stats["text"]["shards"] >= 2
+    image = FeatureStore(data / "features" / "image")
+    ida, idb = manifest.item_id[a], manifest.item_id[b]
+    assert torch.allclose(image.tokens(ida).float(), before_image.tokens(idb).float(), atol=1e-2)
+    text = FeatureStore(data / "features" / "text")
+    changed = f"{manifest.item_id[last]}#0"
+    assert not torch.allclose(text.tokens(changed).float().mean(0), before_text.tokens(changed).float().mean(0), atol=1e-2)
+
+
+def pa_table(frame: pd.DataFrame, schema):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame.reset_index(drop=True), schema=schema, preserve_index=False)
+
+
 def _raw(root):
     import yaml
 
@@ -201,9 +288,50 @@ def _upper_or_reject(text: str) -> str:
     return text.upper()
 
 
+def assert_features_match(got: Path, reference: Path, min_cosine: float) -> None:
+    """Same ids, token counts and shard layout as ``reference``; every pooled feature and every item's
+    tokens within ``min_cosine`` of the reference's (the CPU run's)."""
+    for modality in ("image", "audio", "text"):
+        ref, new = FeatureStore(reference / modality), FeatureStore(got / modality)
+        assert new.index.equals(ref.index), modality
+        _, ref_pooled = ref.pooled()
+        _, new_pooled = new.pooled()
+        cos = torch.nn.functional.cosine_similarity(new_pooled.float(), ref_pooled.float(), dim=-1)
+        assert cos.min() >= min_cosine, (modality, float(cos.min()))
+        for i in ref.index.id:
+            tok = torch.nn.functional.cosine_similarity(new.tokens(i).float(), ref.tokens(i).float(), dim=-1)
+            assert tok.mean() >= min_cosine, (modality, i, float(tok.mean()))
+
+
+def test_feature_comparison_tells_other_features_apart(features, tmp_path):
+    """The CUDA test's comparison passes on the CPU run itself and fails on features of other weights."""
+    root, out, _ = features
+    assert_features_match(out, out, 0.9999)
+    other = tmp_path / "random"
+    raw = _raw(root)
+    raw["preprocess"].update(modalities=["image"])
+    raw["preprocess"]["vision"]["weights"] = "random"
+    run_preprocess(parse_params(raw), root / "data" / "download" / "manifest.parquet", other)
+    for m in ("audio", "text"):
+        shutil.copytree(out / m, other / m)
+    with pytest.raises(AssertionError, match="image"):
+        assert_features_match(other, out, 0.95)
+
+
 @requires_cuda
-def test_encoders_run_on_cuda_and_return_host_float32(small_download, tmp_path):
+def test_encoders_on_cuda_match_the_cpu_features(small_download, features, tmp_path):
+    """Every encoder on CUDA, media decoded in worker processes: the same items and token counts as the
+    CPU run, features within TF32 error of it at fp32, within bf16 error at the default precision."""
     root, raw, _ = small_download
-    params = parse_params({**raw, "preprocess": {**raw.get("preprocess", {}), "device": "cuda", "num_workers": 2}})
-    stats = run_preprocess(params, root / "data" / "download" / "manifest.parquet", tmp_path / "features")
-    assert all(s["encoded"] > 0 for s in stats.values())
+    _, reference, cpu_stats = features
+    manifest = root / "data" / "download" / "manifest.parquet"
+    for precision, min_cosine in (("fp32", 0.999), ("auto", 0.98)):
+        params = parse_params({**raw, "preprocess": {**raw.get("preprocess", {}), "device": "cuda", "num_workers": 2,
+                                                      "precision": precision}})
+        out = tmp_path / precision
+        stats = run_preprocess(params, manifest, out)
+        assert {m: s["encoded"] for m, s in stats.items()} == {m: s["encoded"] for m, s in cpu_stats.items()}
+        encoders = json.loads((out / "encoders.json").read_text())
+        assert {encoders[m]["device"] for m in stats} == {"cuda"}
+        assert {encoders[m]["autocast"] for m in stats} == {"float32" if precision == "fp32" else "bfloat16"}
+        assert_features_match(out, reference, min_cosine)

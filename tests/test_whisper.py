@@ -95,3 +95,31 @@ def test_mel_filters_match_transformers_slaney_bank():
     ref = mel_filter_bank(num_frequency_bins=201, num_mel_filters=80, min_frequency=0.0, max_frequency=8000.0,
                           sampling_rate=16000, norm="slaney", mel_scale="slaney").T
     assert np.abs(ref - mel_filters(80)).max() < 1e-7
+
+
+def _tiny_hf_whisper(path, seed: int):
+    from transformers import WhisperConfig, WhisperModel
+
+    torch.manual_seed(seed)
+    cfg = WhisperConfig(num_mel_bins=80, d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=128,
+                        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, max_source_positions=1500,
+                        vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    WhisperModel(cfg).save_pretrained(path)
+    return str(path)
+
+
+def test_whisper_through_transformers_gets_a_weights_hash(tmp_path):
+    """A transformers Whisper (folder or hub id) has no model.bin: the converted encoder's tensors are hashed
+    (before, its weights entry was empty and two models shared one fingerprint)."""
+    from edge_glass.encoders.audio import load_whisper_encoder, resolve_ctranslate2_dir
+    from edge_glass.encoders.base import module_hashes
+
+    a, b = _tiny_hf_whisper(tmp_path / "a", 0), _tiny_hf_whisper(tmp_path / "b", 1)
+    assert resolve_ctranslate2_dir(a) is None  # the transformers path
+    enc_a, weights_a = load_whisper_encoder(a)
+    _, weights_b = load_whisper_encoder(b)
+    assert set(weights_a) == {"state_dict", "architecture"}
+    assert weights_a["state_dict"] != weights_b["state_dict"] and weights_a["architecture"] == weights_b["architecture"]
+    assert weights_a == module_hashes([enc_a])
+    _, packaged = load_whisper_encoder("whisper-tiny.en")  # CTranslate2: the file hash and the tensors'
+    assert {"model.bin", "state_dict", "architecture"} == set(packaged)

