@@ -124,11 +124,13 @@ def make_optimizer(model: AlignModel, cfg: AlignParams) -> torch.optim.AdamW:
 
 
 def run_fingerprint(params: Params, features_dir: Path) -> str:
-    """What a checkpoint must match to be resumed: align params, seed, cached features and training code."""
+    """What a checkpoint must match to be resumed: align params, seed, cached features and training code
+    (with the validation code that picks the best step: a resumed finished run keeps its best model)."""
     pkg = Path(__file__).parent
     code = files_fingerprint([*pkg.glob("models/*.py"), pkg / "align.py", pkg / "loss.py", pkg / "data.py",
                               pkg / "distributed.py", pkg / "features.py", pkg / "device.py", pkg / "linear_probe.py",
-                              pkg / "loop.py", pkg / "checkpoints.py", pkg / "keyed_random.py"])
+                              pkg / "loop.py", pkg / "checkpoints.py", pkg / "keyed_random.py", pkg / "evaluate.py",
+                              pkg / "retrieval.py"])
     return sha256_text(json.dumps({"align": params.align.model_dump(), "seed": params.seed, "code": code,
                                    "features": sha256_file(features_dir / "encoders.json")}, sort_keys=True))
 
@@ -199,6 +201,38 @@ def validation_recall(model: AlignModel, data: FeatureSplit, params: Params) -> 
     return float(np.mean([r["R@1"] for r in top.values()]))
 
 
+def load_val(features_dir: Path, manifest: str | Path, select: str) -> FeatureSplit | None:
+    """The val split, or None when the manifest has none (``select: last`` only); never a silent fallback.
+
+    No val items with ``select: best_val`` is a params error naming ``align.train.select``: "best val"
+    would otherwise quietly mean "last step". Val items that cannot be read (no features, a corrupt index
+    or shard) stop the stage naming the files, whatever ``select`` is: they are a broken run, not a
+    small data set."""
+    from edge_glass.manifest import read_manifest
+
+    n_val = int((read_manifest(manifest).split == "val").sum())
+    if n_val == 0:
+        if select == "best_val":
+            raise ParamsError(f"align.train.select: best_val needs a val split, but {manifest} has no val items; "
+                              "set align.train.select: last (or give val items: download.split.val, or a val split "
+                              "in your data)")
+        log.info("no val split: no validation; the final model is the last step (align.train.select: last)")
+        return None
+    try:
+        val = FeatureSplit(features_dir, manifest, "val")
+        for m, store in val.stores.items():  # open every shard the val items use: a corrupt one fails here
+            for k in np.unique(store.shard_of[val.media_rows[m][val.media_rows[m] >= 0]]):
+                store.view(int(k))
+        for k in np.unique(val.text_store.shard_of[val.caption_rows]):
+            val.text_store.view(int(k))
+    except (OSError, ValueError, KeyError) as exc:
+        from edge_glass.sources.base import DataError  # the stage's clean one-line exit (edge_glass.cli)
+
+        raise DataError(f"align: the val split ({n_val} items in {manifest}) cannot be read from the features in "
+                         f"{features_dir}: {exc}") from exc
+    return val
+
+
 def train(params: Params, features_dir: str | Path, manifest: str | Path, out_dir: str | Path,
           live_dir: str | Path | None, info: DistInfo = DistInfo()) -> dict:
     """Train (or resume) the alignment model; rank 0 writes checkpoints, the final model and DVCLive logs."""
@@ -212,10 +246,7 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
     data = FeatureSplit(features_dir, manifest, "train")
     if cfg.train.batch_size > len(data):
         raise ValueError(f"align.train.batch_size={cfg.train.batch_size} exceeds the {len(data)} training items")
-    try:
-        val = FeatureSplit(features_dir, manifest, "val")
-    except ValueError:  # no validation items (tiny subsets): no val loss
-        val = None
+    val = load_val(features_dir, manifest, cfg.train.select)
     configure_kernels(info.device)
     model = build_model(cfg, data, params.align_seed, val).to(info.device)
     opt = make_optimizer(model, cfg)
@@ -244,7 +275,10 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
                "val_items": len(val) if val else 0, "parameters": sum(p.numel() for p in model.parameters()),
                "seconds": round(run["seconds"], 2), "final": run["final"]}
     if info.is_main:
-        if cfg.train.select == "best_val" and best is not None:
+        if cfg.train.select == "best_val" and best is None:  # an evaluation always runs at the last step
+            raise RuntimeError(f"align.train.select: best_val but {best_path} holds no best model of this run "
+                               f"(removed?); delete {out_dir / 'checkpoints'} to train again")
+        if cfg.train.select == "best_val":
             model.load_state_dict(load_file(str(best_path), device=str(info.device)))
             log.info("keeping the step-%d model (val R@1 %.3f)", best["step"], best["val_r1"])
         summary["selected"] = best if cfg.train.select == "best_val" else {"step": cfg.train.steps}

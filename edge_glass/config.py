@@ -297,8 +297,24 @@ class TrainParams(OptimizerParams):
     grad_accum: int = Field(1, ge=1)
     eval_every: int = Field(20, ge=1)
     nproc_per_node: int = Field(1, ge=1)
-    select: Literal["best_val", "last"] = "best_val"
-    precision: Precision = "auto"
+    select: Literal["best_val", "last"] = "best_val"  # best_val needs a val split (an error without one)
+    precision: Precision = "auto"  # fp16 refused: see _no_fp16_training
+
+    @field_validator("precision")
+    @classmethod
+    def _no_fp16(cls, v):
+        return _no_fp16_training(v)
+
+
+def _no_fp16_training(v: str) -> str:
+    """fp16 gradients underflow without loss scaling, and edge_glass has no GradScaler: refused, not run silently.
+
+    Refusing instead of adding a GradScaler: bf16 (same speed on every GPU from Ampere on, no underflow)
+    and fp32 cover training, and a scaler would add state to every checkpoint and skipped steps to the
+    exact-resume and multi-rank guarantees, for GPUs (pre-Ampere) that the project does not target."""
+    if v == "fp16":
+        raise ValueError("fp16 needs loss scaling, which edge_glass does not do; use bf16 or fp32")
+    return v
 
 
 class LossParams(Strict):
@@ -323,6 +339,14 @@ class AlignParams(Strict):
     mrl: MRLParams = MRLParams()
     loss: LossParams = LossParams()
     train: TrainParams = TrainParams()
+
+    @model_validator(mode="after")
+    def _no_frozen_random_head(self):
+        if self.freeze_text_head and self.text_head != "pca":
+            raise ValueError(f"freeze_text_head: true with text_head: {self.text_head} would freeze a randomly "
+                             "initialised projection (only the pca head starts from the caption features); "
+                             "set align.freeze_text_head: false or align.text_head: pca")
+        return self
 
     @model_validator(mode="after")
     def _mrl_fits_projection(self):
@@ -380,7 +404,7 @@ class GenerateParams(Strict):
 class DecodeParams(Strict):
     kind: Literal["lora_lm", "trm"] = "lora_lm"
     device: DeviceSpec = "auto"  # decoder training and generation
-    precision: Precision = "auto"  # autocast of the LM / TRM
+    precision: Precision = "auto"  # autocast of the LM / TRM (training and generation); fp16 refused (no loss scaling)
     prefix_tokens: int = Field(4, ge=1)  # aligned latents pooled to this many prefix tokens
     max_caption_tokens: int = Field(24, ge=2)
     split: Literal["train", "val", "test"] = "test"
@@ -388,6 +412,11 @@ class DecodeParams(Strict):
     trm: TRMParams = TRMParams()
     train: OptimizerParams = OptimizerParams()
     generate: GenerateParams = GenerateParams()
+
+    @field_validator("precision")
+    @classmethod
+    def _no_fp16(cls, v):
+        return _no_fp16_training(v)
 
 
 class EvaluateParams(Strict):
@@ -424,6 +453,13 @@ class Params(Strict):
     decode: DecodeParams = DecodeParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
+
+    @model_validator(mode="after")
+    def _decode_captions_the_scored_split(self):
+        if self.decode.split != self.evaluate.split:
+            raise ValueError(f"decode.split={self.decode.split} but evaluate.split={self.evaluate.split}: evaluate "
+                             "scores the captions decode writes, so both must name the same split")
+        return self
 
     @property
     def align_seed(self) -> int:

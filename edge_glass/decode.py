@@ -39,8 +39,10 @@ def parameter_counts(decoder: CaptionDecoder) -> dict[str, int]:
 def decode_fingerprint(params: Params, align_dir: Path, lm_dir: Path) -> str:
     """What a decode checkpoint must match: decode params, seed, align model, LM weights and code."""
     pkg = Path(__file__).parent
-    code = files_fingerprint([*pkg.glob("decoders/*.py"), pkg / "decode.py", pkg / "lm.py", pkg / "data.py",
-                              pkg / "features.py", pkg / "loop.py", pkg / "checkpoints.py"])
+    # models/ and align.py compute the conditioning the decoder trains on from the align weights
+    code = files_fingerprint([*pkg.glob("decoders/*.py"), *pkg.glob("models/*.py"), pkg / "align.py", pkg / "decode.py",
+                              pkg / "lm.py", pkg / "data.py", pkg / "features.py", pkg / "loop.py", pkg / "checkpoints.py",
+                              pkg / "device.py"])
     lm = sha256_file(lm_dir / "edge_glass.json") if (lm_dir / "edge_glass.json").exists() else params.decode.lm.model
     return sha256_text(json.dumps({"decode": params.decode.model_dump(exclude={"generate", "split"}), "seed": params.seed,
                                    "align": sha256_file(align_dir / "model.safetensors"), "lm": lm, "code": code},
@@ -91,7 +93,8 @@ def train_decoder(params: Params, decoder: CaptionDecoder, data: FeatureSplit, c
 
 def run_decode(params: Params, features_dir: str | Path, manifest: str | Path, align_dir: str | Path,
                lm_dir: str | Path, out_dir: str | Path, live_dir: str | Path | None = None) -> dict:
-    """Train (or resume) the decoder, then write captions for ``decode.split`` to ``captions.parquet``."""
+    """Train (or resume) the decoder, then write captions for ``decode.split`` (= ``evaluate.split``, checked by
+    the params) to ``captions.parquet`` (columns item_id, split, generated, references)."""
     dc = params.decode
     if dc.train.num_threads:
         torch.set_num_threads(dc.train.num_threads)
@@ -114,7 +117,8 @@ def run_decode(params: Params, features_dir: str | Path, manifest: str | Path, a
         captions = generate(decoder, eval_cond, dc.generate, seed=params.decode_seed)
     seconds = time.perf_counter() - t0
     generated_tokens = sum(len(decoder.tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in captions)
-    frame = pd.DataFrame({"item_id": eval_data.item_ids, "generated": captions,
+    # ``split`` on every row: evaluate scores these captions, and can check they are of the split it scores
+    frame = pd.DataFrame({"item_id": eval_data.item_ids, "split": dc.split, "generated": captions,
                           "references": [list(c) for c in eval_data.caption_texts]})
     with atomic_path(out_dir / "captions.parquet") as tmp:
         frame.to_parquet(tmp, index=False)

@@ -170,7 +170,7 @@ def smoke_params(base: dict, assets: dict[str, str], device: str, *, items: int,
     the smoke run uses the linear head instead."""
     p = json.loads(json.dumps(base))
     if p["align"]["text_head"] == "pca" and 2 * items * p["download"]["split"]["train"] < p["align"]["projection_dim"]:
-        p["align"]["text_head"] = "linear"
+        p["align"].update(text_head="linear", freeze_text_head=False)  # a frozen linear head is a random projection
     p["download"].update(sources=[], local=[{
         "name": "smoke", "format": "table", "path": assets["table"], "split": "hash", "image_key": "image",
         "audio_key": "audio", "caption_keys": ["caption", "caption_2"], "id_key": "key"}])

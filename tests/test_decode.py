@@ -301,8 +301,31 @@ def test_kill_between_checkpoints_then_rerun_resumes_to_the_same_decoder(tiny_al
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     import pandas as pd
 
-    assert pd.read_parquet(tmp_path / "straight" / "decode" / "captions.parquet").equals(
-        pd.read_parquet(tmp_path / "killed" / "decode" / "captions.parquet"))
+    captions = pd.read_parquet(tmp_path / "straight" / "decode" / "captions.parquet")
+    assert captions.equals(pd.read_parquet(tmp_path / "killed" / "decode" / "captions.parquet"))
+    assert set(captions.split) == {params.decode.split} == {params.evaluate.split}  # the split evaluate scores
+
+
+@pytest.mark.parametrize("key", ["decode.precision", "align.train.precision"])
+def test_fp16_training_is_refused_naming_the_key(key):
+    """No GradScaler: fp16 gradients would underflow silently, so the params refuse fp16 where training runs."""
+    from edge_glass.config import ParamsError
+
+    section, *rest = key.split(".")
+    raw = {section: {rest[0]: {rest[1]: "fp16"}} if len(rest) == 2 else {rest[0]: "fp16"}}
+    with pytest.raises(ParamsError, match=rf"{key}: fp16 needs loss scaling.*use bf16 or fp32"):
+        parse_params(raw)
+    parse_params({section: {rest[0]: {rest[1]: "bf16"}} if len(rest) == 2 else {rest[0]: "bf16"}})
+    assert parse_params({"preprocess": {"precision": "fp16"}}).preprocess.precision == "fp16"  # inference only
+
+
+def test_decode_split_must_be_the_split_evaluate_scores():
+    from edge_glass.config import ParamsError
+
+    with pytest.raises(ParamsError, match=r"decode.split=val but evaluate.split=test"):
+        parse_params({"decode": {"split": "val"}})
+    same = parse_params({"decode": {"split": "val"}, "evaluate": {"split": "val"}})
+    assert same.decode.split == same.evaluate.split == "val"
 
 
 def test_trm_closed_vocabulary_round_trips_training_captions(conditioned, prepared_lm):

@@ -191,3 +191,74 @@ def test_perceiver_pool_trains_its_resampler(small_features, tmp_path):
     latents = [k for k in model.state_dict() if "latents" in k and k.startswith("resamplers.")]
     assert latents, "the Perceiver's learned latents are in the model"
     assert all(not torch.equal(model.state_dict()[k], initial[k]) for k in latents)
+
+
+def _manifest_copy(manifest, path, edit):
+    """The manifest with ``edit(frame)`` applied, written (same schema) to ``path``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from edge_glass.manifest import read_manifest
+
+    frame = read_manifest(manifest)
+    edit(frame)
+    pq.write_table(pa.Table.from_pandas(frame, schema=pq.read_schema(manifest), preserve_index=False), path)
+    return path
+
+
+def test_best_val_without_a_val_split_is_an_error_and_select_last_trains(small_features, tmp_path):
+    """Without val items, select: best_val used to fall back to the last step silently."""
+    from edge_glass.config import ParamsError
+
+    manifest, features = small_features
+    no_val = _manifest_copy(manifest, tmp_path / "no_val.parquet",
+                            lambda f: f.__setitem__("split", f.split.replace({"val": "train"})))
+    with pytest.raises(ParamsError, match=r"align.train.select: best_val needs a val split.*align.train.select: last"):
+        train(_params(), features, no_val, tmp_path / "best", None)
+    assert not (tmp_path / "best" / "model.safetensors").exists()
+    summary = train(_params(select="last"), features, no_val, tmp_path / "last", None)
+    assert summary["val_items"] == 0 and summary["selected"] == {"step": summary["steps"]}
+    assert (tmp_path / "last" / "model.safetensors").exists()
+
+
+def test_val_items_without_features_stop_align_naming_the_files(small_features, tmp_path):
+    """Val items the features do not cover (another manifest, a preprocess that failed on them) are not
+    "no val split": the stage stops, whatever select is (before: a silent fallback to the last step)."""
+    from edge_glass.sources.base import DataError
+
+    manifest, features = small_features
+    foreign = _manifest_copy(manifest, tmp_path / "foreign_val.parquet", lambda f: f.__setitem__(
+        "item_id", [f"other/{i}" if s == "val" else i for i, s in zip(f.item_id, f.split)]))
+    for select in ("best_val", "last"):
+        with pytest.raises(DataError, match=rf"val split .* in {foreign}.*features in {features}.*no val items"):
+            train(_params(select=select), features, foreign, tmp_path / select, None)
+
+
+def test_corrupt_val_shard_stops_align_before_training_naming_the_shard(small_features, tmp_path):
+    import shutil
+
+    from edge_glass.features import FeatureStore, shard_name
+    from edge_glass.manifest import read_manifest
+    from edge_glass.sources.base import DataError
+
+    manifest, features = small_features
+    copy = tmp_path / "features"
+    shutil.copytree(features, copy)
+    m = read_manifest(manifest)
+    store = FeatureStore(copy / "audio")  # every item of the small set has audio (spoken emoji, prompts)
+    val_rows = store.rows(m.item_id[m.split == "val"])
+    shard = copy / "audio" / shard_name(int(store.shard_of[val_rows[val_rows >= 0][0]]))
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    with pytest.raises(DataError, match=rf"val split.*{shard}"):
+        train(_params(), copy, manifest, tmp_path / "align", None)
+    assert not (tmp_path / "align" / "checkpoints").exists()  # stopped before the first step
+
+
+@pytest.mark.parametrize("head", ["mlp", "linear"])
+def test_frozen_random_text_head_is_refused(head):
+    from edge_glass.config import ParamsError
+
+    with pytest.raises(ParamsError, match=rf"freeze_text_head: true with text_head: {head}.*align.freeze_text_head: false"):
+        parse_params({"align": {"text_head": head}})
+    assert parse_params({"align": {"text_head": head, "freeze_text_head": False}}).align.text_head == head
+    assert parse_params({"align": {"text_head": "pca"}}).align.freeze_text_head
