@@ -254,3 +254,41 @@ def test_bucketed_near_duplicate_search_equals_all_pairs():
         expected = {(i, j, int(bits[i, j])) for i, j in zip(*np.nonzero(ok))}
         got = near_duplicate_pairs(phash, split, content, max_hamming)
         assert len(got) == len(set(got)) and set(got) == expected and len(expected) > 0, max_hamming
+
+
+@pytest.mark.parametrize("test_first", [False, True])
+def test_a_copy_with_the_same_caption_never_takes_an_item_out_of_the_test_set(tmp_path, test_first):
+    """Byte-identical images under two ids, one given train and one test, with the same first caption: the
+    duplicate-caption rule keeps the test item whichever row comes first; report lists the pair as a
+    conflict, drop rejects the train copy. A hash-split item with a test item's first caption follows it
+    into test and is the one rejected there."""
+    media = tmp_path / "media"
+    media.mkdir()
+    for k, (img, _) in enumerate(sd.emoji_images(3, start=60)):
+        img.save(media / f"e{k}.png")
+    shutil.copy(media / "e0.png", media / "e0-copy.png")
+    rows = [{"id": "copy-train", "split": "train", "image": "e0.png", "caption": "the same words"},
+            {"id": "copy-test", "split": "test", "image": "e0-copy.png", "caption": "the same words"},
+            {"id": "held", "split": "test", "image": "e2.png", "caption": "a caption a test item has"}]
+    pd.DataFrame(rows[::-1] if test_first else rows).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame([{"id": "free", "image": "e1.png", "caption": "a caption a test item has"}]).to_csv(
+        tmp_path / "h.csv", index=False)
+    common = {"format": "table", "media_root": str(media), "id_key": "id", "image_key": "image",
+              "caption_keys": ["caption"]}
+    entries = [{"name": "h", "path": str(tmp_path / "h.csv"), "split": "hash", **common},
+               {"name": "t", "path": str(tmp_path / "t.csv"), "split_key": "split", "split": "from_file", **common}]
+    if test_first:
+        entries = entries[::-1]
+    for mode in ("report", "drop"):
+        stats, manifest, conflicts, rejects = run(tmp_path, entries, out=f"out-{mode}", split_conflicts=mode,
+                                                  allow_empty_sources=True)  # h keeps nothing here
+        rejects = rejects.set_index("item_id")
+        assert manifest.loc["t/copy-test", "split"] == "test" and manifest.loc["t/held", "split"] == "test"
+        assert "h/free" not in manifest.index and rejects.loc["h/free", "reason"].startswith("duplicate caption")
+        assert set(conflicts.item_id) == {"t/copy-train", "t/copy-test"}
+        if mode == "report":
+            assert manifest.loc["t/copy-train", "split"] == "train"  # reported, kept as given
+        else:
+            assert "t/copy-train" not in manifest.index
+            assert rejects.loc["t/copy-train", "reason"].startswith("split conflict")
+        assert stats["in"] == stats["kept"] + stats["rejected"]
