@@ -381,14 +381,15 @@ def build_manifest(params: Params, out_dir: str | Path, metrics_path: str | Path
     remove_stale_media(out_dir / "media", keep)
     conflicts, followed = finalise(ledger, params)
     write_conflicts(conflicts, out_dir / "split_conflicts.csv")
-    if conflicts and d.split_conflicts == "error":
-        raise DataError(conflict_message(conflicts, out_dir / "split_conflicts.csv"))
     read = {name: c["in"] for name, c in chunk_stats.items()}
     check_reconciles(ledger, read)
-    empty = empty_sources_message(sources, read, ledger.samples, ledger.rejects, d.allow_empty_sources,
-                                  out_dir / "rejects.csv")
+    # a stop (split conflicts with download.split_conflicts=error, a source that kept nothing) comes after
+    # rejects.csv, split_conflicts.csv and the metrics are written, so its reasons are there to read
+    stop = conflict_message(conflicts, out_dir / "split_conflicts.csv") if conflicts and d.split_conflicts == "error" else ""
+    stop = stop or empty_sources_message(sources, read, ledger.samples, ledger.rejects, d.allow_empty_sources,
+                                         out_dir / "rejects.csv")
     write_rejects(ledger.rejects, out_dir / "rejects.csv")
-    if not empty:
+    if not stop:
         write_manifest(ledger.samples, out_dir / "manifest.parquet")
     stats = download_stats(ledger, read)
     stats["split_hygiene"], near = split_hygiene(ledger.samples, d.near_duplicate_hamming)
@@ -403,11 +404,11 @@ def build_manifest(params: Params, out_dir: str | Path, metrics_path: str | Path
         log.info("%s: %d of %d chunks resumed", name, c["resumed_chunks"], c["chunks"])
         stats["sources"].setdefault(name, {"in": 0, "kept": 0, "rejected": 0})["chunks"] = c["chunks"]
     stats["media_bytes"] = sum(p.stat().st_size for p in keep if p.suffix == ".tar")
-    stats["files"] = len(keep) + 4  # + manifest, rejects, split_conflicts, near_duplicates
+    stats["files"] = len(keep) + 3 + (not stop)  # + rejects, split_conflicts, near_duplicates (+ manifest)
     if metrics_path is not None:
         write_json(stats, Path(metrics_path))
-    if empty:
-        raise DataError(empty)
+    if stop:
+        raise DataError(stop)
     return stats
 
 

@@ -11,6 +11,7 @@ from edge_glass.caption_metrics import caption_metrics, sample_table
 from edge_glass.cli import run_stage, stage_parser
 from edge_glass.evaluate import run_evaluate
 from edge_glass.io import atomic_path, write_json
+from edge_glass.sources.base import DataError
 
 
 def fmt(r: dict | None, key: str) -> str:
@@ -18,6 +19,19 @@ def fmt(r: dict | None, key: str) -> str:
         return "–"
     ci = f" [{r[key + '_ci95_lo']:.3f}, {r[key + '_ci95_hi']:.3f}]" if key + "_ci95_lo" in r else ""
     return f"{r[key]:.3f}{ci}"
+
+
+def caption_split(captions: pd.DataFrame, path: str, split: str) -> str:
+    """The split decode captioned, which must be the one evaluate scores (decode.split = evaluate.split is
+    checked at start-up; this catches a captions file from an older run or given by --captions)."""
+    if "split" not in captions.columns:
+        raise DataError(f"{path} has no 'split' column (made by an older decode): rerun decode "
+                        f"(`dvc repro -f decode`) so the captions say which split they are of")
+    found = sorted(set(captions["split"].astype(str)))
+    if found != [split]:
+        raise DataError(f"{path} holds captions of split(s) {found}, but evaluate.split is {split!r}: "
+                        f"set decode.split to {split!r} and rerun decode")
+    return split
 
 
 def main(params, args):
@@ -36,9 +50,10 @@ def main(params, args):
         print(f"{task:>14}: {shown}  (baseline {ks[0]} {fmt(metrics['baseline'].get(task), ks[0])})")
     if args.captions:
         captions = pd.read_parquet(args.captions)
+        split = caption_split(captions, args.captions, params.evaluate.split)
         scores, items = caption_metrics(captions, params.preprocess.text.model,
                                         resamples=params.evaluate.bootstrap_resamples, seed=params.seed)
-        write_json(scores, Path(args.caption_metrics))
+        write_json({"split": split, **scores}, Path(args.caption_metrics))
         with atomic_path(args.caption_items) as tmp:
             items.to_parquet(tmp, index=False)
         with atomic_path(args.caption_samples) as tmp:

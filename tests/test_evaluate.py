@@ -235,3 +235,25 @@ def test_evaluating_val_warns_that_val_also_picked_the_checkpoint(three_captions
         err = capsys.readouterr().err
         assert any("selected the align checkpoint" in msg for msg in logged) == warned
         assert ("selected the align checkpoint" in err) == warned
+
+
+def test_evaluate_scores_only_captions_of_its_own_split():
+    """captions.parquet must say it is of evaluate.split: a file from an older decode (no split column) or of
+    another split stops the stage with a DataError instead of being scored as the test split."""
+    import importlib.util
+
+    import pandas as pd
+
+    from helpers.setup import REPO
+
+    from edge_glass.sources.base import DataError
+
+    spec = importlib.util.spec_from_file_location("evaluate_stage", REPO / "stages" / "evaluate.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    frame = pd.DataFrame({"item_id": ["a", "b"], "generated": ["x", "y"], "references": [["x"], ["y"]]})
+    with pytest.raises(DataError, match="no 'split' column"):
+        stage.caption_split(frame, "captions.parquet", "test")
+    with pytest.raises(DataError, match=r"split\(s\) \['val'\], but evaluate.split is 'test'"):
+        stage.caption_split(frame.assign(split="val"), "captions.parquet", "test")
+    assert stage.caption_split(frame.assign(split="test"), "captions.parquet", "test") == "test"

@@ -42,6 +42,7 @@ def test_dvc_repro_then_noop(tmp_path):
     captions = json.loads((clone / "metrics" / "captions.json").read_text())
     train_items = json.loads((clone / "metrics" / "download.json").read_text())["splits"]["train"]
     assert captions["items"] == train_items and {"BLEU-4", "CIDEr-D", "embedding_similarity"} <= set(captions)
+    assert captions["split"] == "train"  # the split decode captioned and evaluate scored
     assert (clone / "metrics" / "caption_samples.md").read_text().startswith("# Generated captions")
     retrieval = json.loads((clone / "metrics" / "retrieval.json").read_text())
     assert set(retrieval["trained"]) >= {"image_to_text", "audio_to_text", "fused_to_text"}

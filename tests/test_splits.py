@@ -141,12 +141,16 @@ def test_error_stops_naming_the_groups(leaky, tmp_path):
     conflicts = pd.read_csv(tmp_path / "out" / "split_conflicts.csv")
     assert len(conflicts) == len(CONFLICTING) and (conflicts.action == "error").all()
     assert not (tmp_path / "out" / "manifest.parquet").exists()
+    assert (tmp_path / "out" / "rejects.csv").exists()  # written before the stop, like the stage's metrics below
     # through the stage: exit code 3 and one line
     params = {"download": {"sources": [], "local": entries, "split_conflicts": "error"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "download.py")], cwd=tmp_path, capture_output=True,
                           text=True)
     assert proc.returncode == 3 and "[download] error: download.split_conflicts=error: 8 split group(s)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    metrics = json.loads((tmp_path / "metrics" / "download.json").read_text())
+    assert metrics["split_hygiene"]["conflicts"]["groups"] == 8
 
 
 def test_hash_split_items_follow_a_linked_given_split(tmp_path):
