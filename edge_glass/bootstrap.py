@@ -27,9 +27,16 @@ RESAMPLES = 1000
 LEVEL = 0.95
 
 
+CHUNK_ELEMENTS = 1 << 24  # counts held at once (~128 MB as float64): memory stays flat in the number of items
+
+
 def resample_counts(n: int, resamples: int, seed: int, chunk: int = 200):
-    """Chunks of (resamples, n) multinomial counts: how often each of n items is drawn per resample."""
+    """Chunks of (resamples, n) multinomial counts: how often each of n items is drawn per resample.
+
+    A chunk holds at most ``CHUNK_ELEMENTS`` counts (fewer resamples per chunk for many items); the rows
+    are drawn one after another from one generator, so the chunking does not change the counts."""
     rng = np.random.default_rng([seed, 0xB007])
+    chunk = max(1, min(chunk, CHUNK_ELEMENTS // max(n, 1)))
     done = 0
     while done < resamples:
         size = min(chunk, resamples - done)

@@ -257,3 +257,14 @@ def test_evaluate_scores_only_captions_of_its_own_split():
     with pytest.raises(DataError, match=r"split\(s\) \['val'\], but evaluate.split is 'test'"):
         stage.caption_split(frame.assign(split="val"), "captions.parquet", "test")
     assert stage.caption_split(frame.assign(split="test"), "captions.parquet", "test") == "test"
+
+
+def test_resample_chunks_bound_memory_and_leave_the_counts_unchanged(monkeypatch):
+    """Many items draw fewer resamples per chunk (memory flat in N), and the counts are the same draws."""
+    from edge_glass import bootstrap as bs
+
+    whole = np.concatenate(list(bs.resample_counts(500, 40, seed=5)))
+    monkeypatch.setattr(bs, "CHUNK_ELEMENTS", 500 * 3)  # at most 3 resamples of 500 items at once
+    chunks = list(bs.resample_counts(500, 40, seed=5))
+    assert max(len(c) for c in chunks) == 3 and sum(len(c) for c in chunks) == 40
+    assert np.array_equal(np.concatenate(chunks), whole)
