@@ -421,8 +421,11 @@ SPLIT_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
 NEAR_DUPLICATE_COLUMNS = ["split_a", "item_id_a", "split_b", "item_id_b", "hamming"]
 
 
-def near_duplicate_pairs(phash: np.ndarray, split: np.ndarray, content: np.ndarray, max_hamming: int
-                         ) -> list[tuple[int, int, int]]:
+NEAR_DUPLICATE_LISTED = 100_000  # rows of near_duplicates.csv at most; the metrics count every pair
+
+
+def near_duplicate_pairs(phash: np.ndarray, split: np.ndarray, content: np.ndarray, max_hamming: int,
+                         limit: int | None = None) -> tuple[list[tuple[int, int, int]], Counter]:
     """Pairs (i, j, bits) of images in different splits (``split[i] < split[j]``) whose 64-bit pHashes
     differ in at most ``max_hamming`` bits and whose pixels differ (``content``: ids of equal pixels;
     equal pixels are duplicate media, counted apart).
@@ -431,11 +434,16 @@ def near_duplicate_pairs(phash: np.ndarray, split: np.ndarray, content: np.ndarr
     within ``max_hamming`` bits agree on at least one band, so only items that share a band's value are
     compared (a pair is counted at the first band it agrees on). Comparisons run blockwise in numpy,
     a few MB at a time, so 100k images take seconds, not the hours of all pairs.
+
+    Returns the pairs (the first ``limit`` found, all when None) and the count of every pair per
+    (split index, split index): one degenerate pHash (blank or letterboxed images) shared by thousands
+    of images in two splits is millions of pairs, counted but not all held in memory.
     """
     n, bands = len(phash), max_hamming + 1
     edges = [64 * b // bands for b in range(bands + 1)]
     keys = [(phash >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:])]
     out: list[tuple[int, int, int]] = []
+    counts: Counter = Counter()
     for b, key in enumerate(keys):
         order = np.argsort(key, kind="stable")
         ks, ss = key[order], split[order]
@@ -454,9 +462,15 @@ def near_duplicate_pairs(phash: np.ndarray, split: np.ndarray, content: np.ndarr
                     ok = (bits <= max_hamming) & (content[rows][:, None] != content[ib][None, :])
                     for earlier in keys[:b]:
                         ok &= earlier[rows][:, None] != earlier[ib][None, :]
-                    ii, jj = np.nonzero(ok)
-                    out += zip(rows[ii].tolist(), ib[jj].tolist(), bits[ii, jj].tolist())
-    return out
+                    found = int(ok.sum())
+                    if not found:
+                        continue
+                    counts[a, c] += found
+                    room = found if limit is None else max(0, limit - len(out))
+                    if room:
+                        ii, jj = np.nonzero(ok)
+                        out += zip(rows[ii[:room]].tolist(), ib[jj[:room]].tolist(), bits[ii[:room], jj[:room]].tolist())
+    return out, counts
 
 
 def split_hygiene(samples: list[Sample], max_hamming: int | None) -> tuple[dict, pd.DataFrame]:
@@ -477,13 +491,18 @@ def split_hygiene(samples: list[Sample], max_hamming: int | None) -> tuple[dict,
         captions[s.split].update(caption_key(c) for c in s.captions)
     with_phash = [s for s in samples if s.image_phash]
     near = pd.DataFrame(columns=NEAR_DUPLICATE_COLUMNS)
+    counts: Counter = Counter()
     if max_hamming is not None and with_phash:
         phash = np.array([int(s.image_phash, 16) for s in with_phash], dtype=np.uint64)
         split = np.array([SPLITS.index(s.split) for s in with_phash], dtype=np.int8)
         content_ids: dict[str, int] = {}
         content = np.array([content_ids.setdefault(s.image_sha256, len(content_ids)) for s in with_phash], dtype=np.int64)
+        pairs, counts = near_duplicate_pairs(phash, split, content, max_hamming, NEAR_DUPLICATE_LISTED)
+        if sum(counts.values()) > len(pairs):
+            log.warning("%d near-duplicate image pairs across splits; near_duplicates.csv lists the first %d",
+                        sum(counts.values()), len(pairs))
         rows = [(with_phash[i].split, with_phash[i].item_id, with_phash[j].split, with_phash[j].item_id, bits)
-                for i, j, bits in near_duplicate_pairs(phash, split, content, max_hamming)]
+                for i, j, bits in pairs]
         near = pd.DataFrame(sorted(rows, key=lambda r: (SPLITS.index(r[0]), SPLITS.index(r[2]), r[1], r[3])),
                             columns=NEAR_DUPLICATE_COLUMNS)
     out: dict = {}
@@ -492,8 +511,7 @@ def split_hygiene(samples: list[Sample], max_hamming: int | None) -> tuple[dict,
             "groups_spanning": sum(a in splits and b in splits for splits in groups.values()),
             "duplicate_media": len(media[a] & media[b]),
             "caption_overlap": len(captions[a] & captions[b]),
-            "near_duplicate_images": (int(((near.split_a == a) & (near.split_b == b)).sum())
-                                      if max_hamming is not None else None),
+            "near_duplicate_images": (counts[SPLITS.index(a), SPLITS.index(b)] if max_hamming is not None else None),
         }
     sizes = Counter(s.group for s in samples)
     out["groups"] = len(sizes)

@@ -2,6 +2,7 @@
 splits (download.split_conflicts report|drop|error), hash splits that follow a given split, near duplicates."""
 
 import json
+from collections import Counter
 import shutil
 import subprocess
 import sys
@@ -256,8 +257,12 @@ def test_bucketed_near_duplicate_search_equals_all_pairs():
     for max_hamming in (0, 3, 6):
         ok = (bits <= max_hamming) & (split[:, None] < split[None, :]) & (content[:, None] != content[None, :])
         expected = {(i, j, int(bits[i, j])) for i, j in zip(*np.nonzero(ok))}
-        got = near_duplicate_pairs(phash, split, content, max_hamming)
+        got, counts = near_duplicate_pairs(phash, split, content, max_hamming)
         assert len(got) == len(set(got)) and set(got) == expected and len(expected) > 0, max_hamming
+        assert counts == Counter((int(split[i]), int(split[j])) for i, j, _ in expected)
+        # a cap on the listed pairs keeps the counts whole
+        capped, capped_counts = near_duplicate_pairs(phash, split, content, max_hamming, limit=3)
+        assert len(capped) == min(3, len(expected)) and set(capped) <= expected and capped_counts == counts
 
 
 @pytest.mark.parametrize("test_first", [False, True])
