@@ -245,7 +245,7 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     data = FeatureSplit(features_dir, manifest, "train")
     if cfg.train.batch_size > len(data):
-        raise ValueError(f"align.train.batch_size={cfg.train.batch_size} exceeds the {len(data)} training items")
+        raise ParamsError(f"align.train.batch_size: {cfg.train.batch_size} exceeds the {len(data)} training items")
     val = load_val(features_dir, manifest, cfg.train.select)
     configure_kernels(info.device)
     model = build_model(cfg, data, params.align_seed, val).to(info.device)

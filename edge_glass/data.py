@@ -20,6 +20,7 @@ from edge_glass.features import FeatureStore
 from edge_glass.keyed_random import keyed_uniforms
 from edge_glass.manifest import read_manifest
 from edge_glass.models.aligner import MEDIA, Batch
+from edge_glass.sources.base import DataError
 
 MODALITY_INDEX = {"image": 1, "audio": 2}  # in the token-dropout seed (names would collide: len("image") == len("audio"))
 
@@ -57,7 +58,9 @@ class FeatureSplit:
         self.left_out_ids: dict[str, list[str]] = {r: manifest.item_id[reasons == r].tolist() for r in self.left_out}
         self.split_items = len(manifest)
         if not keep.any():
-            raise ValueError(f"no {split} items with captions and media features in {features_dir}")
+            raise DataError(f"no {split} items with captions and media features in {features_dir} "
+                            f"({len(manifest)} {split} items in the manifest; left out: "
+                            f"{', '.join(f'{r} {n}' for r, n in self.left_out.items() if n) or 'none'})")
         text = text[keep[text["item"].to_numpy()]]
         self.item_ids: list[str] = manifest.item_id[keep].tolist()
         self.media_rows = {m: rows[keep] for m, rows in media_rows.items()}  # -1: the item lacks the medium

@@ -321,3 +321,14 @@ def test_gpu_smoke_script_runs_every_stage_on_the_cpu(tmp_path):
     assert any(line.startswith("decode_bench gen_speedup=") and "identical=True" in line for line in lines)
     bench = [line for line in lines if line.startswith("align_bench ")]
     assert [b.split("pool=")[1].split()[0] for b in bench] == ["mean", "perceiver"]
+
+
+def test_a_split_without_usable_items_is_a_data_error(tmp_path):
+    """No test items at all (split fractions that leave test empty) stops with a DataError (exit 3, one
+    line) that says how many items the manifest has and why they were left out, not a bare ValueError."""
+    from edge_glass.sources.base import DataError
+
+    paths = write_synthetic(tmp_path, 40, shard_size=16, split=(0.9, 0.1))  # nothing left for test
+    with pytest.raises(DataError, match=r"no test items with captions and media features .*\(0 test items"):
+        FeatureSplit(paths["features"], paths["manifest"], "test")
+    assert len(FeatureSplit(paths["features"], paths["manifest"], "train")) > 0
