@@ -9,7 +9,7 @@ captions and runs EfficientNet-Lite0, the Whisper encoder and MiniLM before the 
 prints seconds per step for both and their ratio (target >= 50x). Needs `dvc repro preprocess`.
 
 ``--synthetic N``: N items of synthetic features with the default encoders' shapes
-(edge_glass.synthetic, written once to ``--workdir``), then the real training step (batch gather,
+(edge_glass.tools.synthetic, written once to ``--workdir``), then the real training step (batch gather,
 token dropout, forward, loss, backward, AdamW) on ``--device``. Prints steps/s, items/s, peak
 anonymous RSS (memory-mapped shard pages are file-backed and reclaimable, so not counted), peak GPU
 memory and mean GPU utilisation (sampled with nvidia-smi), and ends with one line
@@ -31,14 +31,18 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from edge_glass.config import parse_params  # noqa: E402
-from edge_glass.data import FeatureSplit, global_batch, pad_tokens  # noqa: E402
-from edge_glass.distributed import DistInfo  # noqa: E402
-from edge_glass.manifest import media_ref, read_manifest  # noqa: E402
-from edge_glass.models.aligner import Batch  # noqa: E402
-from edge_glass.encoders.registry import build_encoder  # noqa: E402
 from edge_glass.align import build_model, make_optimizer, train_step  # noqa: E402
-from edge_glass.loss import contrastive_loss  # noqa: E402
+from edge_glass.config import parse_params  # noqa: E402
+from edge_glass.data.manifest import media_ref, read_manifest  # noqa: E402
+from edge_glass.encoders.registry import build_encoder  # noqa: E402
+from edge_glass.features.dataset import (  # noqa: E402
+    Batch,  # noqa: E402
+    FeatureSplit,
+    global_batch,
+    pad_tokens,
+)
+from edge_glass.models.loss import contrastive_loss  # noqa: E402
+from edge_glass.train.distributed import DistInfo  # noqa: E402
 
 
 def online_batch(encoders, rows, base: Path, data: FeatureSplit) -> Batch:
@@ -95,8 +99,8 @@ class PeakSampler:
 
 
 def synthetic_bench(args) -> None:
-    from edge_glass.device import resolve_device
-    from edge_glass.synthetic import write_synthetic
+    from edge_glass.core.device import resolve_device
+    from edge_glass.tools.synthetic import write_synthetic
 
     work = Path(args.workdir) / f"synthetic-{args.synthetic}"
     if not (work / "features" / "encoders.json").exists():

@@ -36,11 +36,11 @@ def measure(kind: str, args) -> dict:
     import yaml
 
     from edge_glass.config import parse_params
-    from edge_glass.data import FeatureSplit
     from edge_glass.decode import build_decoder, caption_batch, parameter_counts
     from edge_glass.decoders.conditioning import aligned_conditioning
-    from edge_glass.generate import generate
-    from edge_glass.align import load_model
+    from edge_glass.decoders.generate import generate
+    from edge_glass.features.dataset import FeatureSplit
+    from edge_glass.models.aligner import load_model
 
     raw = yaml.safe_load(Path(args.params).read_text())
     raw["decode"]["kind"] = kind
@@ -80,13 +80,13 @@ def generation(args) -> None:
     import yaml
     from safetensors.torch import load_file
 
-    from edge_glass.align import load_model
     from edge_glass.config import parse_params
-    from edge_glass.data import FeatureSplit
+    from edge_glass.core.device import autocast, resolve_precision, stage_device
     from edge_glass.decode import build_decoder
     from edge_glass.decoders.conditioning import aligned_conditioning
-    from edge_glass.device import autocast, resolve_precision, stage_device
-    from edge_glass.generate import generate_ids
+    from edge_glass.decoders.generate import generate_ids
+    from edge_glass.features.dataset import FeatureSplit
+    from edge_glass.models.aligner import load_model
 
     raw = yaml.safe_load(Path(args.params).read_text())
     raw["decode"]["kind"] = "lora_lm"

@@ -3,7 +3,7 @@
     python benchmarks/download.py [--items 10000] [--shard-size 1000] [--skip-preprocess]
 
 Generates an N-item image-caption table from packaged media (emoji on coloured backgrounds as JPEG
-photos; edge_glass.sample_datasets.write_large_table), then runs the download stage (read, check,
+photos; edge_glass.tools.sample_datasets.write_large_table), then runs the download stage (read, check,
 normalise, write tar shards) and the image + text preprocess on it, in a temporary folder. The same
 download at N/10 items shows that the file count grows with N/shard_size only (no file per item).
 Ends with one line:
@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edge_glass.config import parse_params  # noqa: E402
 from edge_glass.download import build_manifest  # noqa: E402
-from edge_glass.sample_datasets import write_large_table  # noqa: E402
+from edge_glass.tools.sample_datasets import write_large_table  # noqa: E402
 
 
 def files_under(path: Path) -> int:

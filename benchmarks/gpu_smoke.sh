@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Device smoke check of every stage, then the benchmarks that need the device.
-#  1. smoke assets (edge_glass.smoke): synthetic media (images, tones, captions) as a `table` dataset and
+#  1. smoke assets (edge_glass.tools.smoke): synthetic media (images, tones, captions) as a `table` dataset and
 #     random-weight models with the default architectures (MiniLM-L6, Whisper tiny.en, SmolLM2-135M;
 #     EfficientNet-Lite0 via preprocess.vision.weights=random): the packaged weights cannot travel;
 #  2. download -> preprocess (DataLoader workers) -> align (torchrun) -> decode -> evaluate, on --device;
@@ -50,7 +50,7 @@ t0=$(date +%s)
 S=$WORK/stages
 rm -rf "$S" && mkdir -p "$S"
 TRAIN_BATCH=$(( BATCH < ITEMS / 2 ? BATCH : ITEMS / 4 ))
-python -m edge_glass.smoke --out "$S" --items "$ITEMS" $TINY --params params.yaml --device "$DEVICE" \
+python -m edge_glass.tools.smoke --out "$S" --items "$ITEMS" $TINY --params params.yaml --device "$DEVICE" \
   --steps "$STEPS" --batch "$TRAIN_BATCH" --workers "$WORKERS" | tail -1 > "$WORK/assets.json"
 P=$S/params.yaml
 python stages/download.py --params "$P" --out "$S/download" --metrics "$S/download.json" 2>&1 | quiet | tail -1

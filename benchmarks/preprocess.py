@@ -9,7 +9,7 @@ loading and writing (target >= 0.9 on the CPU, >= 0.8 on a GPU). The stage runs 
 Also times the Whisper encoder on a 3 s clip trimmed to its length vs padded to 30 s. Uses the
 manifest of `dvc repro download` if present, else downloads a small subset into a temporary folder.
 Ends with one line ``preprocess_bench image=<stage/bare>@<workers> ...`` (best worker count per modality).
-On a GPU without the packaged weights, pass the smoke params of `edge_glass.smoke` (random weights).
+On a GPU without the packaged weights, pass the smoke params of `edge_glass.tools.smoke` (random weights).
 """
 
 from __future__ import annotations
@@ -28,12 +28,16 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edge_glass.config import parse_params  # noqa: E402
+from edge_glass.data.manifest import read_manifest  # noqa: E402
 from edge_glass.download import build_manifest  # noqa: E402
-from edge_glass.encoders.whisper import log_mel  # noqa: E402
-from edge_glass.manifest import read_manifest  # noqa: E402
 from edge_glass.encoders.registry import build_encoder  # noqa: E402
+from edge_glass.encoders.whisper import log_mel  # noqa: E402
 from edge_glass.preprocess import (  # noqa: E402
-    loader_blas_single_threaded, make_batches, preprocess_modality, read_input, work_items,
+    loader_blas_single_threaded,
+    make_batches,
+    preprocess_modality,
+    read_input,
+    work_items,
 )
 
 

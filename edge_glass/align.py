@@ -17,17 +17,19 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from edge_glass.config import ParamsError, AlignParams, Params
-from edge_glass.data import FeatureSplit, drop_tokens, global_batch
-from edge_glass.device import autocast, configure_kernels, resolve_precision
-from edge_glass.checkpoints import best_score, save_weights
-from edge_glass.distributed import DistInfo, barrier, sync_gradients
-from edge_glass.io import files_fingerprint, sha256_file, sha256_text, write_json
-from edge_glass.linear_probe import RidgeStats, fit_ridge_streaming
-from edge_glass.loop import run_loop, set_lr
-from edge_glass.loss import contrastive_loss
-from edge_glass.models.aligner import AlignModel
+from edge_glass.config import Params
+from edge_glass.config.align import AlignParams
+from edge_glass.core.device import autocast, configure_kernels, resolve_precision
+from edge_glass.core.errors import ParamsError
+from edge_glass.core.io import package_fingerprint, sha256_file, sha256_text, write_json
+from edge_glass.features.dataset import FeatureSplit, drop_tokens, global_batch
+from edge_glass.models.aligner import AlignModel, save_model
+from edge_glass.models.loss import contrastive_loss
 from edge_glass.models.mrl import init_head_with_pca
+from edge_glass.models.ridge import RidgeStats, fit_ridge_streaming
+from edge_glass.train.checkpoints import best_score, save_weights
+from edge_glass.train.distributed import DistInfo, barrier, sync_gradients
+from edge_glass.train.loop import run_loop, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def retrieval_score(model: AlignModel, val: FeatureSplit, modality: str):
     """Scorer of mapped val media embeddings: mean of media->text and text->media R@1 against every val
     caption, the score that selects checkpoints and that evaluation reports (not top-1 against the mean
     caption, which prefers too weak a ridge: image 100 instead of 1000 on the default data)."""
-    from edge_glass.retrieval import recall_at_k
+    from edge_glass.metrics.retrieval import recall_at_k
 
     idx = np.flatnonzero(val.has(modality))
     feats, owner = val.caption_features(idx)
@@ -126,11 +128,7 @@ def make_optimizer(model: AlignModel, cfg: AlignParams) -> torch.optim.AdamW:
 def run_fingerprint(params: Params, features_dir: Path) -> str:
     """What a checkpoint must match to be resumed: align params, seed, cached features and training code
     (with the validation code that picks the best step: a resumed finished run keeps its best model)."""
-    pkg = Path(__file__).parent
-    code = files_fingerprint([*pkg.glob("models/*.py"), pkg / "align.py", pkg / "loss.py", pkg / "data.py",
-                              pkg / "distributed.py", pkg / "features.py", pkg / "device.py", pkg / "linear_probe.py",
-                              pkg / "loop.py", pkg / "checkpoints.py", pkg / "keyed_random.py", pkg / "evaluate.py",
-                              pkg / "retrieval.py"])
+    code = package_fingerprint("align.py", "models", "features", "train", "metrics", "core")
     return sha256_text(json.dumps({"align": params.align.model_dump(), "seed": params.seed, "code": code,
                                    "features": sha256_file(features_dir / "encoders.json")}, sort_keys=True))
 
@@ -193,7 +191,7 @@ def validation_recall(model: AlignModel, data: FeatureSplit, params: Params) -> 
     """Mean R@1 over the media<->text tasks at the largest MRL dim: the checkpoint-selection score.
 
     Its own K (1), whatever ``evaluate.recall_k`` lists: align reads no evaluate params."""
-    from edge_glass.evaluate import trained_recalls
+    from edge_glass.metrics.retrieval import trained_recalls
 
     model.eval()
     top = trained_recalls(model, data, dims=[params.align.mrl.dims[0]], ks=[1])[params.align.mrl.dims[0]]
@@ -208,7 +206,7 @@ def load_val(features_dir: Path, manifest: str | Path, select: str) -> FeatureSp
     would otherwise quietly mean "last step". Val items that cannot be read (no features, a corrupt index
     or shard) stop the stage naming the files, whatever ``select`` is: they are a broken run, not a
     small data set."""
-    from edge_glass.manifest import read_manifest
+    from edge_glass.data.manifest import read_manifest
 
     n_val = int((read_manifest(manifest).split == "val").sum())
     if n_val == 0:
@@ -226,7 +224,9 @@ def load_val(features_dir: Path, manifest: str | Path, select: str) -> FeatureSp
         for k in np.unique(val.text_store.shard_of[val.caption_rows]):
             val.text_store.view(int(k))
     except (OSError, ValueError, KeyError) as exc:
-        from edge_glass.sources.base import DataError  # the stage's clean one-line exit (edge_glass.cli)
+        from edge_glass.core.errors import (
+            DataError,  # the stage's clean one-line exit (edge_glass.cli)
+        )
 
         raise DataError(f"align: the val split ({n_val} items in {manifest}) cannot be read from the features in "
                          f"{features_dir}: {exc}") from exc
@@ -285,19 +285,5 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
         save_model(out_dir, model, params, data)
         write_json(summary, out_dir / "train_summary.json")
     return summary
-
-
-def save_model(out_dir: Path, model: AlignModel, params: Params, data: FeatureSplit) -> None:
-    save_weights(out_dir / "model.safetensors", model)
-    write_json({"align": params.align.model_dump(), "seed": params.seed, "train_seed": params.align_seed, "token_dims": data.token_dims,
-                "text_dim": data.text_dim}, out_dir / "model.json")
-
-
-def load_model(out_dir: str | Path, device: str | torch.device = "cpu") -> AlignModel:
-    out_dir = Path(out_dir)
-    meta = json.loads((out_dir / "model.json").read_text())
-    model = AlignModel(AlignParams.model_validate(meta["align"]), meta["token_dims"], meta["text_dim"])
-    model.load_state_dict(load_file(str(out_dir / "model.safetensors"), device=str(device)))
-    return model.eval()
 
 

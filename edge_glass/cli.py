@@ -1,4 +1,9 @@
-"""Shared start-up for the stage entry points: argument parsing, params, clean error exits."""
+"""Shared start-up for the stage entry points: argument parsing, params, the hub switch, clean error exits.
+
+Stages run with ``HF_HUB_OFFLINE=1`` (no network probes, no surprise downloads) unless their params
+name something that only the hub has: a hub data set in ``download.sources``, a hub encoder or LM.
+A value set in the environment always wins. Known failures (``core.errors``) exit with one line.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
-from edge_glass.config import Params, ParamsError, load_params
-from edge_glass.hub import configure_hub
-from edge_glass.io import OutputError
-from edge_glass.sources.base import DataError
+from edge_glass.config import Params, load_params
+from edge_glass.core.errors import DataError, OutputError, ParamsError
+from edge_glass.core.hub import PACKAGED_AUDIO, PACKAGED_LMS, PACKAGED_TEXT
+
+log = logging.getLogger(__name__)
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -35,3 +42,42 @@ def run_stage(name: str, parser: argparse.ArgumentParser, body: Callable[[Params
     except (OutputError, FileNotFoundError, ImportError, DataError) as exc:
         print(f"[{name}] error: {exc}", file=sys.stderr)
         sys.exit(3)
+
+
+def _remote(name: str, packaged: set[str]) -> bool:
+    return name not in packaged and not Path(name).exists()
+
+
+def hub_uses(params: Params, stage: str | None = None) -> list[str]:
+    """The params keys (with values) that need the hub in ``stage`` (None: in any stage)."""
+    uses = []
+    want = lambda *stages: stage is None or stage in stages  # noqa: E731
+    if want("download"):
+        from edge_glass.data.sources.online import HUB_SOURCES
+
+        uses += [f"download.sources={s}" for s in params.download.sources if s in HUB_SOURCES]
+    p = params.preprocess
+    if want("preprocess"):
+        if "image" in p.modalities and p.vision.backend == "open_clip" and p.vision.open_clip_pretrained:
+            uses.append(f"preprocess.vision.open_clip_pretrained={p.vision.open_clip_pretrained}")
+        if "audio" in p.modalities and _remote(p.audio.model, PACKAGED_AUDIO):
+            uses.append(f"preprocess.audio.model={p.audio.model}")
+    if want("preprocess", "evaluate") and _remote(p.text.model, PACKAGED_TEXT):
+        uses.append(f"preprocess.text.model={p.text.model}")
+    if want("prepare_lm", "decode") and _remote(params.decode.lm.model, PACKAGED_LMS):
+        uses.append(f"decode.lm.model={params.decode.lm.model}")
+    return uses
+
+
+def configure_hub(params: Params, stage: str) -> bool:
+    """Set HF_HUB_OFFLINE=1 unless ``stage`` needs the hub or the environment already decides; True if online."""
+    uses = hub_uses(params, stage)
+    if "HF_HUB_OFFLINE" in os.environ:
+        if uses and os.environ["HF_HUB_OFFLINE"] not in ("", "0", "false", "False"):
+            log.warning("HF_HUB_OFFLINE=%s is set but %s need the hub", os.environ["HF_HUB_OFFLINE"], ", ".join(uses))
+        return os.environ["HF_HUB_OFFLINE"] in ("", "0", "false", "False")
+    if not uses:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        return False
+    log.info("hub access on for %s", ", ".join(uses))
+    return True

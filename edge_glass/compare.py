@@ -29,8 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from edge_glass.bootstrap import RESAMPLES, paired_cluster_difference, paired_difference
-from edge_glass.caption_metrics import BLEU_COLUMNS, corpus_bleu
+from edge_glass.metrics.bootstrap import (
+    RESAMPLES,
+    paired_cluster_difference,
+    paired_difference,
+)
+from edge_glass.metrics.captions import BLEU_COLUMNS, corpus_bleu
 
 QUERIES = "metrics/retrieval_queries.parquet"
 CAPTIONS = "metrics/caption_items.parquet"

@@ -11,15 +11,21 @@ import pandas as pd
 import torch
 
 from edge_glass.config import Params
-from edge_glass.data import FeatureSplit, global_batch
+from edge_glass.core.device import autocast, resolve_precision, stage_device
+from edge_glass.core.io import (
+    atomic_path,
+    package_fingerprint,
+    sha256_file,
+    sha256_text,
+    write_json,
+)
 from edge_glass.decoders.base import CaptionDecoder
 from edge_glass.decoders.conditioning import Conditioning, aligned_conditioning
+from edge_glass.decoders.generate import generate
 from edge_glass.decoders.registry import build_decoder as registry_build
-from edge_glass.device import autocast, resolve_precision, stage_device
-from edge_glass.generate import generate
-from edge_glass.io import atomic_path, files_fingerprint, sha256_file, sha256_text, write_json
-from edge_glass.align import load_model
-from edge_glass.loop import run_loop, set_lr
+from edge_glass.features.dataset import FeatureSplit, global_batch
+from edge_glass.models.aligner import load_model
+from edge_glass.train.loop import run_loop, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +44,7 @@ def parameter_counts(decoder: CaptionDecoder) -> dict[str, int]:
 
 def decode_fingerprint(params: Params, align_dir: Path, lm_dir: Path) -> str:
     """What a decode checkpoint must match: decode params, seed, align model, LM weights and code."""
-    pkg = Path(__file__).parent
-    # models/ and align.py compute the conditioning the decoder trains on from the align weights
-    code = files_fingerprint([*pkg.glob("decoders/*.py"), *pkg.glob("models/*.py"), pkg / "align.py", pkg / "decode.py",
-                              pkg / "lm.py", pkg / "data.py", pkg / "features.py", pkg / "loop.py", pkg / "checkpoints.py",
-                              pkg / "device.py"])
+    code = package_fingerprint("decode.py", "decoders", "models", "features", "train", "core")
     lm = sha256_file(lm_dir / "edge_glass.json") if (lm_dir / "edge_glass.json").exists() else params.decode.lm.model
     return sha256_text(json.dumps({"decode": params.decode.model_dump(exclude={"generate", "split"}), "seed": params.seed,
                                    "align": sha256_file(align_dir / "model.safetensors"), "lm": lm, "code": code},

@@ -21,29 +21,43 @@ import io
 import itertools
 import json
 import logging
-import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imagehash
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 from tqdm import tqdm
 
-from edge_glass.config import DownloadParams, Params
-from edge_glass.io import atomic_path, files_fingerprint, sha256_text, write_json
-from edge_glass.manifest import (
-    SPLITS, Ledger, Reject, Sample, SplitConflict, caption_key, dedupe_captions, resolve_splits, split_groups,
-    write_conflicts, write_manifest, write_rejects,
+from edge_glass.config import Params
+from edge_glass.config.download import DownloadParams
+from edge_glass.core.errors import DataError
+from edge_glass.core.io import atomic_path, package_fingerprint, sha256_text, write_json
+from edge_glass.core.prefetch import prefetched
+from edge_glass.data.manifest import (
+    Ledger,
+    Reject,
+    Sample,
+    caption_key,
+    dedupe_captions,
+    reason_kind,
+    write_manifest,
+    write_rejects,
 )
-from edge_glass.media import decode_image
-from edge_glass.mediashards import MemberRef, ShardWriter, safe_member_name
-from edge_glass.prefetch import prefetched
-from edge_glass.sources.base import DataError, Source, empty_sources_message
+from edge_glass.data.media import decode_image
+from edge_glass.data.mediashards import MemberRef, ShardWriter, safe_member_name
+from edge_glass.data.sources.base import Source, empty_sources_message
+from edge_glass.data.splits import (
+    SplitConflict,
+    conflict_message,
+    resolve_splits,
+    split_groups,
+    split_hygiene,
+    write_conflicts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +74,7 @@ HASH_FIELDS = ("image_sha256", "audio_sha256", "image_phash")
 
 def code_fingerprint() -> str:
     """Hash of the code that turns inputs into media shards: changed code redoes finished chunks."""
-    pkg = Path(__file__).parent
-    return files_fingerprint([*pkg.glob("sources/*.py"), pkg / "download.py", pkg / "media.py",
-                              pkg / "mediashards.py", pkg / "manifest.py"])
+    return package_fingerprint("download.py", "data", "core")
 
 
 def _sha256(header: str, array: np.ndarray) -> str:
@@ -249,7 +261,7 @@ KEEP_PRIORITY = {"test": 0, "val": 1, "train": 2, "": 3}
 
 def finalise(ledger: Ledger, params: Params) -> tuple[list[SplitConflict], int]:
     """Clean captions, reject repeated ids and (optionally) repeated first captions, form split groups
-    and settle every item's split (see :func:`edge_glass.manifest.resolve_splits`).
+    and settle every item's split (see :func:`edge_glass.data.manifest.resolve_splits`).
 
     Of two items with one id, or one first caption, the one with the later given split is kept
     (``KEEP_PRIORITY``): a duplicate never takes an item out of a published test set. Repeated first
@@ -325,20 +337,6 @@ def finalise(ledger: Ledger, params: Params) -> tuple[list[SplitConflict], int]:
     return conflicts, followed
 
 
-def conflict_message(conflicts: list[SplitConflict], path: Path, shown: int = 5) -> str:
-    """One line naming the conflicting groups and, per group, which items the data gave which split."""
-    by_group: dict[str, dict[str, list[str]]] = {}
-    for c in conflicts:
-        if c.given_split != "hash":
-            by_group.setdefault(c.group, {}).setdefault(c.given_split, []).append(c.item_id)
-    parts = [f"{g!r} (" + "; ".join(f"{split}: {', '.join(ids)}" for split, ids in splits.items()) + ")"
-             for g, splits in list(by_group.items())[:shown]]
-    more = f" and {len(by_group) - shown} more" if len(by_group) > shown else ""
-    return (f"download.split_conflicts=error: {len(by_group)} split group(s) have items given different splits: "
-            f"{', '.join(parts)}{more}; every item is listed in {path} (split_conflicts=drop keeps each group's "
-            f"latest split, report keeps them as given)")
-
-
 def check_reconciles(ledger: Ledger, read: dict[str, int]) -> None:
     """Per source, ``in`` (candidates counted as they were read) = kept + rejected; a difference is an
     item the code lost or invented on the way, a bug, so it stops the stage."""
@@ -356,7 +354,7 @@ def build_manifest(params: Params, out_dir: str | Path, metrics_path: str | Path
     with a reason. A source that keeps nothing stops the stage with a DataError naming it and its top
     reject reasons, after rejects.csv and the metrics are written (so the reasons are there to read).
     """
-    from edge_glass.sources import build_sources
+    from edge_glass.data.sources import build_sources
 
     out_dir = Path(out_dir)
     d = params.download
@@ -410,113 +408,6 @@ def build_manifest(params: Params, out_dir: str | Path, metrics_path: str | Path
     if stop:
         raise DataError(stop)
     return stats
-
-
-def reason_kind(reason: str) -> str:
-    """The reason without its particulars ("audio too short (0.1s < 0.3s)" -> "audio too short")."""
-    return re.split(r"[:(]", reason, maxsplit=1)[0].strip()
-
-
-SPLIT_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
-NEAR_DUPLICATE_COLUMNS = ["split_a", "item_id_a", "split_b", "item_id_b", "hamming"]
-
-
-NEAR_DUPLICATE_LISTED = 100_000  # rows of near_duplicates.csv at most; the metrics count every pair
-
-
-def near_duplicate_pairs(phash: np.ndarray, split: np.ndarray, content: np.ndarray, max_hamming: int,
-                         limit: int | None = None) -> tuple[list[tuple[int, int, int]], Counter]:
-    """Pairs (i, j, bits) of images in different splits (``split[i] < split[j]``) whose 64-bit pHashes
-    differ in at most ``max_hamming`` bits and whose pixels differ (``content``: ids of equal pixels;
-    equal pixels are duplicate media, counted apart).
-
-    Pigeonhole instead of all pairs: the 64 bits are cut into ``max_hamming + 1`` bands, and two hashes
-    within ``max_hamming`` bits agree on at least one band, so only items that share a band's value are
-    compared (a pair is counted at the first band it agrees on). Comparisons run blockwise in numpy,
-    a few MB at a time, so 100k images take seconds, not the hours of all pairs.
-
-    Returns the pairs (the first ``limit`` found, all when None) and the count of every pair per
-    (split index, split index): one degenerate pHash (blank or letterboxed images) shared by thousands
-    of images in two splits is millions of pairs, counted but not all held in memory.
-    """
-    n, bands = len(phash), max_hamming + 1
-    edges = [64 * b // bands for b in range(bands + 1)]
-    keys = [(phash >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:])]
-    out: list[tuple[int, int, int]] = []
-    counts: Counter = Counter()
-    for b, key in enumerate(keys):
-        order = np.argsort(key, kind="stable")
-        ks, ss = key[order], split[order]
-        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if n else np.zeros(0, dtype=np.int64)
-        ends = np.r_[starts[1:], n]
-        mixed = np.minimum.reduceat(ss, starts) != np.maximum.reduceat(ss, starts) if n else starts.astype(bool)
-        for lo, hi in zip(starts[mixed].tolist(), ends[mixed].tolist()):
-            idx = order[lo:hi]
-            by_split = [idx[split[idx] == k] for k in range(len(SPLITS))]
-            for a, c in itertools.combinations(range(len(SPLITS)), 2):
-                ia, ib = by_split[a], by_split[c]
-                step = max(1, 2**20 // max(len(ib), 1))
-                for r in range(0, len(ia) if len(ib) else 0, step):
-                    rows = ia[r:r + step]
-                    bits = np.bitwise_count(phash[rows][:, None] ^ phash[ib][None, :])
-                    ok = (bits <= max_hamming) & (content[rows][:, None] != content[ib][None, :])
-                    for earlier in keys[:b]:
-                        ok &= earlier[rows][:, None] != earlier[ib][None, :]
-                    found = int(ok.sum())
-                    if not found:
-                        continue
-                    counts[a, c] += found
-                    room = found if limit is None else max(0, limit - len(out))
-                    if room:
-                        ii, jj = np.nonzero(ok)
-                        out += zip(rows[ii[:room]].tolist(), ib[jj[:room]].tolist(), bits[ii[:room], jj[:room]].tolist())
-    return out, counts
-
-
-def split_hygiene(samples: list[Sample], max_hamming: int | None) -> tuple[dict, pd.DataFrame]:
-    """Leakage between every two splits (the goal is 0 everywhere) and the near-duplicate image pairs.
-
-    Per pair of splits: ``groups_spanning`` (split groups with items in both), ``duplicate_media``
-    (image or audio content hashes in both), ``caption_overlap`` (distinct captions, as
-    :func:`caption_key` compares them, in both) and ``near_duplicate_images`` (image pairs within
-    ``max_hamming`` pHash bits whose pixels differ; None: not searched). Near duplicates are listed,
-    not moved: a pHash match is evidence to look at, not proof of the same picture.
-    """
-    groups: dict[str, set[str]] = {}
-    media = {split: set() for split in SPLITS}
-    captions = {split: set() for split in SPLITS}
-    for s in samples:
-        groups.setdefault(s.group, set()).add(s.split)
-        media[s.split].update(f"{m}:{h}" for m, h in (("image", s.image_sha256), ("audio", s.audio_sha256)) if h)
-        captions[s.split].update(caption_key(c) for c in s.captions)
-    with_phash = [s for s in samples if s.image_phash]
-    near = pd.DataFrame(columns=NEAR_DUPLICATE_COLUMNS)
-    counts: Counter = Counter()
-    if max_hamming is not None and with_phash:
-        phash = np.array([int(s.image_phash, 16) for s in with_phash], dtype=np.uint64)
-        split = np.array([SPLITS.index(s.split) for s in with_phash], dtype=np.int8)
-        content_ids: dict[str, int] = {}
-        content = np.array([content_ids.setdefault(s.image_sha256, len(content_ids)) for s in with_phash], dtype=np.int64)
-        pairs, counts = near_duplicate_pairs(phash, split, content, max_hamming, NEAR_DUPLICATE_LISTED)
-        if sum(counts.values()) > len(pairs):
-            log.warning("%d near-duplicate image pairs across splits; near_duplicates.csv lists the first %d",
-                        sum(counts.values()), len(pairs))
-        rows = [(with_phash[i].split, with_phash[i].item_id, with_phash[j].split, with_phash[j].item_id, bits)
-                for i, j, bits in pairs]
-        near = pd.DataFrame(sorted(rows, key=lambda r: (SPLITS.index(r[0]), SPLITS.index(r[2]), r[1], r[3])),
-                            columns=NEAR_DUPLICATE_COLUMNS)
-    out: dict = {}
-    for a, b in SPLIT_PAIRS:
-        out[f"{a}_{b}"] = {
-            "groups_spanning": sum(a in splits and b in splits for splits in groups.values()),
-            "duplicate_media": len(media[a] & media[b]),
-            "caption_overlap": len(captions[a] & captions[b]),
-            "near_duplicate_images": (counts[SPLITS.index(a), SPLITS.index(b)] if max_hamming is not None else None),
-        }
-    sizes = Counter(s.group for s in samples)
-    out["groups"] = len(sizes)
-    out["largest_group"] = max(sizes.values(), default=0)
-    return out, near
 
 
 def download_stats(ledger: Ledger, read: dict[str, int]) -> dict:

@@ -18,15 +18,27 @@ import torch
 from tqdm import tqdm
 
 from edge_glass.config import Params
+from edge_glass.core.errors import MediaError
+from edge_glass.core.io import (
+    atomic_path,
+    package_fingerprint,
+    read_metadata,
+    sha256_file,
+    write_json,
+)
+from edge_glass.core.prefetch import prefetched
+from edge_glass.data.manifest import media_ref, read_manifest
 from edge_glass.encoders.base import FrozenEncoder
 from edge_glass.encoders.registry import build_encoder
-from edge_glass.features import (
-    plan_shards, read_offsets, remove_stale, shard_fingerprint, shard_name, write_index, write_shard,
+from edge_glass.features.store import (
+    plan_shards,
+    read_offsets,
+    remove_stale,
+    shard_fingerprint,
+    shard_name,
+    write_index,
+    write_shard,
 )
-from edge_glass.io import atomic_path, files_fingerprint, read_metadata, sha256_file, write_json
-from edge_glass.manifest import media_ref, read_manifest
-from edge_glass.prefetch import prefetched
-from edge_glass.media import MediaError
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +156,7 @@ def loaded_batches(encoder: FrozenEncoder, jobs: list[list[WorkItem]], num_worke
 
 def code_fingerprint() -> str:
     """Hash of the code that computes features: a changed encoder or loader invalidates finished shards."""
-    pkg = Path(__file__).parent
-    return files_fingerprint([*pkg.glob("encoders/*.py"), pkg / "preprocess.py", pkg / "features.py", pkg / "media.py",
-                              pkg / "mediashards.py", pkg / "device.py"])
+    return package_fingerprint("preprocess.py", "encoders", "features", "data", "core")
 
 
 def encoder_fingerprint(encoder: FrozenEncoder, dtype_name: str) -> str:

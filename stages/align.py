@@ -1,9 +1,9 @@
 """align stage: train Perceiver resamplers, fusion and MRL heads on cached features (launch with torchrun)."""
 
-from edge_glass.cli import run_stage, stage_parser
-from edge_glass.device import resolve_device
-from edge_glass.distributed import init_distributed, shutdown
 from edge_glass.align import train
+from edge_glass.cli import run_stage, stage_parser
+from edge_glass.core.device import resolve_device
+from edge_glass.train.distributed import init_distributed, shutdown
 
 
 def main(params, args):

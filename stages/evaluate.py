@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from edge_glass.align import load_model
-from edge_glass.caption_metrics import caption_metrics, sample_table
 from edge_glass.cli import run_stage, stage_parser
+from edge_glass.core.errors import DataError
+from edge_glass.core.io import atomic_path, write_json
 from edge_glass.evaluate import run_evaluate
-from edge_glass.io import atomic_path, write_json
-from edge_glass.sources.base import DataError
+from edge_glass.metrics.captions import caption_metrics, sample_table
+from edge_glass.models.aligner import load_model
 
 
 def fmt(r: dict | None, key: str) -> str:

@@ -1,7 +1,7 @@
 """prepare_lm stage: dequantise the packaged SmolLM2 GGUF once into a plain transformers folder."""
 
 from edge_glass.cli import run_stage, stage_parser
-from edge_glass.lm import PACKAGED_LMS, convert_gguf, packaged_gguf
+from edge_glass.decoders.lm import PACKAGED_LMS, convert_gguf, packaged_gguf
 
 
 def main(params, args):

@@ -6,9 +6,9 @@ Scale-out: `torchrun --nproc_per_node=N stages/preprocess.py` splits the shards 
 from pathlib import Path
 
 from edge_glass.cli import run_stage, stage_parser
-from edge_glass.distributed import barrier, init_distributed, shutdown
-from edge_glass.io import write_json
+from edge_glass.core.io import write_json
 from edge_glass.preprocess import run_preprocess
+from edge_glass.train.distributed import barrier, init_distributed, shutdown
 
 
 def main(params, args):

@@ -1,10 +1,10 @@
 import os
 
 import pytest
+from helpers.setup import TINY_ALIGN, small_params
 
 from edge_glass.config import parse_params
 from edge_glass.download import build_manifest
-from helpers.setup import TINY_ALIGN, small_params
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -33,7 +33,7 @@ def small_features(small_download, tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepared_lm(tmp_path_factory):
     """The packaged SmolLM2-135M GGUF converted once into a plain folder (what the prepare_lm stage writes)."""
-    from edge_glass.lm import convert_gguf, packaged_gguf
+    from edge_glass.decoders.lm import convert_gguf, packaged_gguf
 
     out = tmp_path_factory.mktemp("lm")
     convert_gguf(packaged_gguf("SmolLM2-135M-Instruct"), out)

@@ -10,15 +10,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.run_if import requires_cuda
+from helpers.setup import REPO
 from safetensors.torch import load_file
 
-from helpers.setup import REPO
-from helpers.run_if import requires_cuda
 from edge_glass.config import parse_params
-from edge_glass.data import FeatureSplit, drop_tokens, dropout_uniforms, pad_tokens
-from edge_glass.features import FeatureStore, read_shard, shard_name
-from edge_glass.keyed_random import splitmix64
-from edge_glass.synthetic import write_synthetic
+from edge_glass.features.dataset import (
+    FeatureSplit,
+    drop_tokens,
+    dropout_uniforms,
+    pad_tokens,
+)
+from edge_glass.features.keyed_random import splitmix64
+from edge_glass.features.store import FeatureStore, read_shard, shard_name
+from edge_glass.tools.synthetic import write_synthetic
 
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -150,7 +155,7 @@ def test_two_processes_match_one_with_the_shipped_params(synthetic, tmp_path):
 
 RSS_PROBE = """
 import sys, numpy as np
-from edge_glass.data import FeatureSplit
+from edge_glass.features.dataset import FeatureSplit
 data = FeatureSplit(sys.argv[1] + "/features", sys.argv[1] + "/download/manifest.parquet", "train")
 for start in range(0, len(data), 64):  # touch every item's features once
     data.batch(np.arange(start, min(start + 64, len(data))))
@@ -185,10 +190,10 @@ def steps_and_val_embeddings(synthetic, initial_state, device: str, precision: s
                              steps: int = 2):
     """Training steps of the shipped recipe from one initial model on ``device`` (``seed``: batches and
     dropout): the losses, the val embeddings (on the CPU) and the val recalls of the top MRL dim."""
-    from edge_glass.distributed import DistInfo
-    from edge_glass.evaluate import embed_split, trained_recalls
     from edge_glass.align import make_optimizer, train_step
+    from edge_glass.metrics.retrieval import embed_split, trained_recalls
     from edge_glass.models.aligner import AlignModel
+    from edge_glass.train.distributed import DistInfo
 
     params = parse_params(shipped_params(precision=precision, seed=seed))
     data = FeatureSplit(synthetic["features"], synthetic["manifest"], "train")
@@ -242,8 +247,8 @@ def test_cuda_training_steps_and_evaluation_match_the_cpu(synthetic, initial_sta
 
 
 def test_device_rule_names_the_key():
-    from edge_glass.config import ParamsError
-    from edge_glass.device import resolve_device, resolve_precision
+    from edge_glass.core.device import resolve_device, resolve_precision
+    from edge_glass.core.errors import ParamsError
 
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
@@ -268,7 +273,7 @@ def kernel_flags(monkeypatch):
 
 
 def test_configure_kernels_makes_cuda_deterministic_and_leaves_the_cpu_alone(kernel_flags):
-    from edge_glass.device import configure_kernels
+    from edge_glass.core.device import configure_kernels
 
     torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.benchmark = True
@@ -288,7 +293,7 @@ def test_configure_kernels_makes_cuda_deterministic_and_leaves_the_cpu_alone(ker
 @requires_cuda
 def test_configured_cuda_sums_repeat_bit_for_bit(kernel_flags):
     """index_add_ with repeated indices is an atomic-add race on CUDA unless deterministic kernels are on."""
-    from edge_glass.device import configure_kernels
+    from edge_glass.core.device import configure_kernels
 
     configure_kernels(torch.device("cuda", 0))
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -326,7 +331,7 @@ def test_gpu_smoke_script_runs_every_stage_on_the_cpu(tmp_path):
 def test_a_split_without_usable_items_is_a_data_error(tmp_path):
     """No test items at all (split fractions that leave test empty) stops with a DataError (exit 3, one
     line) that says how many items the manifest has and why they were left out, not a bare ValueError."""
-    from edge_glass.sources.base import DataError
+    from edge_glass.core.errors import DataError
 
     paths = write_synthetic(tmp_path, 40, shard_size=16, split=(0.9, 0.1))  # nothing left for test
     with pytest.raises(DataError, match=r"no test items with captions and media features .*\(0 test items"):

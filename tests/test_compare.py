@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers.setup import REPO
 
 from edge_glass.compare import NOT_COMPARABLE, compare, main, markdown
-from helpers.setup import REPO
 
 
 def sha(items) -> str:
@@ -132,7 +132,7 @@ def git(repo: Path, *args: str) -> None:
 
 
 def test_base_from_a_git_ref_and_the_report_say_not_comparable(tmp_path, monkeypatch):
-    from edge_glass.report import build_report
+    from edge_glass.report.markdown import build_report
 
     items = [f"item{i:03d}" for i in range(20)]
     repo = write_run(tmp_path / "repo", text_queries(items, np.arange(20) % 3))

@@ -9,20 +9,26 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.run_if import requires_cuda
+from helpers.setup import REPO
 from safetensors.torch import load_file
 
-from helpers.setup import REPO
-from helpers.run_if import requires_cuda
-from edge_glass.config import GenerateParams, LMParams, TRMParams, parse_params
-from edge_glass.data import FeatureSplit
-from edge_glass.decode import build_decoder, caption_batch, parameter_counts, train_decoder
+from edge_glass.config import parse_params
+from edge_glass.config.decode import GenerateParams, LMParams, TRMParams
+from edge_glass.decode import (
+    build_decoder,
+    caption_batch,
+    parameter_counts,
+    train_decoder,
+)
 from edge_glass.decoders.base import CaptionDecoder
 from edge_glass.decoders.conditioning import aligned_conditioning
+from edge_glass.decoders.generate import generate
+from edge_glass.decoders.lm import load_lm
 from edge_glass.decoders.lora_lm import LoraLMDecoder
 from edge_glass.decoders.trm import TRMDecoder
-from edge_glass.generate import generate
-from edge_glass.lm import load_lm
-from edge_glass.align import load_model
+from edge_glass.features.dataset import FeatureSplit
+from edge_glass.models.aligner import load_model
 
 
 def _params(kind="lora_lm", **train):
@@ -174,7 +180,7 @@ def test_beam_search_keeps_finished_hypotheses_in_their_own_pool():
 
 def test_kv_cached_generation_equals_the_uncached_reference(conditioned, prepared_lm):
     from edge_glass.decoders.base import UncachedStepper
-    from edge_glass.generate import generate_ids
+    from edge_glass.decoders.generate import generate_ids
 
     data, cond = conditioned
     decoder = build_decoder(_params(), cond, prepared_lm).eval()
@@ -309,7 +315,7 @@ def test_kill_between_checkpoints_then_rerun_resumes_to_the_same_decoder(tiny_al
 @pytest.mark.parametrize("key", ["decode.precision", "align.train.precision"])
 def test_fp16_training_is_refused_naming_the_key(key):
     """No GradScaler: fp16 gradients would underflow silently, so the params refuse fp16 where training runs."""
-    from edge_glass.config import ParamsError
+    from edge_glass.core.errors import ParamsError
 
     section, *rest = key.split(".")
     raw = {section: {rest[0]: {rest[1]: "fp16"}} if len(rest) == 2 else {rest[0]: "fp16"}}
@@ -320,7 +326,7 @@ def test_fp16_training_is_refused_naming_the_key(key):
 
 
 def test_decode_split_must_be_the_split_evaluate_scores():
-    from edge_glass.config import ParamsError
+    from edge_glass.core.errors import ParamsError
 
     with pytest.raises(ParamsError, match=r"decode.split=val but evaluate.split=test"):
         parse_params({"decode": {"split": "val"}})
@@ -344,7 +350,7 @@ def test_trm_closed_vocabulary_round_trips_training_captions(conditioned, prepar
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_every_stage_names_its_device_key_when_cuda_is_missing(tiny_align, small_download, prepared_lm, tmp_path):
-    from edge_glass.config import ParamsError
+    from edge_glass.core.errors import ParamsError
     from edge_glass.decode import run_decode
     from edge_glass.evaluate import run_evaluate
     from edge_glass.preprocess import run_preprocess
@@ -362,7 +368,7 @@ def test_every_stage_names_its_device_key_when_cuda_is_missing(tiny_align, small
 
 @requires_cuda
 def test_decoder_trains_and_generates_on_cuda(conditioned, prepared_lm, tmp_path):
-    from edge_glass.generate import generate_ids
+    from edge_glass.decoders.generate import generate_ids
 
     data, cond = conditioned
     cond = cond.to("cuda")

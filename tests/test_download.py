@@ -6,13 +6,14 @@ import tarfile
 import numpy as np
 import pandas as pd
 import soundfile as sf
+from helpers.setup import ASTERISK
 from PIL import Image
 
-import edge_glass.sources.online as online
-from helpers.setup import ASTERISK
+import edge_glass.data.sources.online as online
 from edge_glass.config import parse_params
+from edge_glass.data.manifest import dedupe_captions, media_ref, read_manifest
+from edge_glass.data.splits import assign_split
 from edge_glass.download import build_manifest
-from edge_glass.manifest import assign_split, dedupe_captions, media_ref, read_manifest
 
 
 def test_small_real_download_reconciles(small_download):

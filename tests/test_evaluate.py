@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from edge_glass.config import parse_params
-from edge_glass.evaluate import baseline_ranks, pick_ridge, recalls_with_ci
-from edge_glass.synthetic import write_synthetic
+from edge_glass.evaluate import recalls_with_ci
+from edge_glass.metrics.baseline import baseline_ranks, pick_ridge
+from edge_glass.tools.synthetic import write_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_baseline_without_val_uses_baseline_ridge_even_outside_the_grid(separabl
 
 
 def test_query_ranks_break_ties_by_gallery_index():
-    from edge_glass.retrieval import query_ranks, recall_at_k
+    from edge_glass.metrics.retrieval import query_ranks, recall_at_k
 
     gallery = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # entries 0 and 1 tie for any query
     query = torch.tensor([[1.0, 0.0]])
@@ -56,7 +57,7 @@ def test_query_ranks_break_ties_by_gallery_index():
 
 
 def test_read_metadata_raises_io_errors_and_returns_none_for_missing_or_broken(tmp_path):
-    from edge_glass.io import read_metadata
+    from edge_glass.core.io import read_metadata
 
     assert read_metadata(tmp_path / "missing.safetensors") is None
     (tmp_path / "truncated.safetensors").write_bytes(b"\x10\x00\x00")
@@ -68,8 +69,8 @@ def test_read_metadata_raises_io_errors_and_returns_none_for_missing_or_broken(t
 
 def test_align_refuses_a_batch_that_the_world_does_not_divide(separable, tmp_path):
     from edge_glass.align import train
-    from edge_glass.config import ParamsError
-    from edge_glass.distributed import DistInfo
+    from edge_glass.core.errors import ParamsError
+    from edge_glass.train.distributed import DistInfo
 
     params = parse_params({"align": {"train": {"batch_size": 8}}})
     with pytest.raises(ParamsError, match=r"align.train.batch_size=8 must be divisible by the world size 3"):
@@ -82,7 +83,6 @@ def test_evaluate_stage_with_recall_k_without_1_or_5(tiny_align, tmp_path):
     import sys
 
     import yaml
-
     from helpers.setup import REPO
 
     manifest, features, align_dir = tiny_align
@@ -123,10 +123,11 @@ def with_items_left_out(manifest_path) -> None:
 def three_captions(tmp_path_factory):
     """A run whose test items carry 3 near-identical captions each (low caption noise; items within a concept
     of 4 nearly alike, so a query misses for its item, not for its caption), evaluated end to end."""
-    from edge_glass.align import build_model
-    from edge_glass.data import FeatureSplit
-    from edge_glass.evaluate import run_evaluate
     from helpers.setup import TINY_ALIGN
+
+    from edge_glass.align import build_model
+    from edge_glass.evaluate import run_evaluate
+    from edge_glass.features.dataset import FeatureSplit
 
     paths = write_synthetic(tmp_path_factory.mktemp("three"), 300, captions_per_item=3, modalities=("image",),
                             noise=0.1, item_scale=0.01, split=(0.5, 0.1))
@@ -166,7 +167,7 @@ def test_text_to_media_interval_matches_an_independent_item_bootstrap(three_capt
 @pytest.mark.parametrize("model", ["trained", "baseline"])
 def test_near_identical_captions_widen_the_text_to_media_interval(three_captions, model):
     """The old bootstrap treated the 3 captions of an item as independent queries: about sqrt(3) too narrow."""
-    from edge_glass.bootstrap import mean_ci
+    from edge_glass.metrics.bootstrap import mean_ci
 
     q = three_captions["queries"]
     frame = q[(q.model == model) & (q.task == "text_to_image")]
@@ -193,7 +194,7 @@ def test_duplicating_text_queries_leaves_the_interval_unchanged(three_captions):
 
 
 def test_metrics_name_the_test_items_and_count_those_left_out(three_captions):
-    from edge_glass.data import FeatureSplit
+    from edge_glass.features.dataset import FeatureSplit
 
     m = three_captions["metrics"]
     manifest = pd.read_parquet(three_captions["manifest"])
@@ -243,10 +244,9 @@ def test_evaluate_scores_only_captions_of_its_own_split():
     import importlib.util
 
     import pandas as pd
-
     from helpers.setup import REPO
 
-    from edge_glass.sources.base import DataError
+    from edge_glass.core.errors import DataError
 
     spec = importlib.util.spec_from_file_location("evaluate_stage", REPO / "stages" / "evaluate.py")
     stage = importlib.util.module_from_spec(spec)
@@ -261,7 +261,7 @@ def test_evaluate_scores_only_captions_of_its_own_split():
 
 def test_resample_chunks_bound_memory_and_leave_the_counts_unchanged(monkeypatch):
     """Many items draw fewer resamples per chunk (memory flat in N), and the counts are the same draws."""
-    from edge_glass import bootstrap as bs
+    from edge_glass.metrics import bootstrap as bs
 
     whole = np.concatenate(list(bs.resample_counts(500, 40, seed=5)))
     monkeypatch.setattr(bs, "CHUNK_ELEMENTS", 500 * 3)  # at most 3 resamples of 500 items at once

@@ -7,20 +7,21 @@ import subprocess
 
 import pytest
 import yaml
-
-from helpers.setup import REPO, TINY_ALIGN
-from edge_glass import sample_datasets as sd
-from edge_glass.config import parse_params
-from edge_glass.download import build_manifest
-from edge_glass.manifest import read_manifest
 from helpers.local_data import CLOTHO_CAPTIONS, write_all
+from helpers.setup import REPO, TINY_ALIGN
+
+from edge_glass.config import parse_params
+from edge_glass.data.manifest import read_manifest
+from edge_glass.download import build_manifest
+from edge_glass.tools import sample_datasets as sd
 
 
 @pytest.mark.slow
 def test_every_format_runs_through_align_and_evaluate(tmp_path):
+    from edge_glass.align import train
     from edge_glass.evaluate import run_evaluate
+    from edge_glass.models.aligner import load_model
     from edge_glass.preprocess import run_preprocess
-    from edge_glass.align import load_model, train
 
     raw = {"seed": 0, "download": {"sources": [], "local": write_all(tmp_path / "raw", 12)},
            "preprocess": {"shard_size": 16, "vision": {"batch_size": 16}, "audio": {"batch_size": 8}},

@@ -6,7 +6,6 @@ import subprocess
 
 import pytest
 import yaml
-
 from helpers.setup import REPO, TINY_ALIGN
 
 

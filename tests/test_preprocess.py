@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
-from helpers.setup import REPO
 from helpers.run_if import requires_cuda
+from helpers.setup import REPO
+
 from edge_glass.config import parse_params
-from edge_glass.features import FeatureStore, read_shard
-from edge_glass.manifest import media_ref, read_manifest
+from edge_glass.data.manifest import media_ref, read_manifest
+from edge_glass.features.store import FeatureStore, read_shard
 from edge_glass.preprocess import run_preprocess
 
 
@@ -125,7 +125,7 @@ def test_precision_change_reencodes_every_shard_and_same_settings_reuse(features
 
 def test_fingerprint_holds_the_resolved_device_and_autocast():
     """``precision: auto`` resolves to bf16 on CUDA and fp32 on the CPU: the same params, other numbers."""
-    from edge_glass.device import resolve_precision
+    from edge_glass.core.device import resolve_precision
     from edge_glass.encoders.base import EncoderInfo, FrozenEncoder
     from edge_glass.preprocess import encoder_fingerprint
 
@@ -264,7 +264,6 @@ def test_dataloader_workers_write_the_same_shards_as_one_loader_thread(small_dow
 
 def test_loader_workers_deliver_batches_in_job_order_with_rejects(tmp_path):
     from edge_glass.encoders.base import FrozenEncoder
-    from edge_glass.media import MediaError
     from edge_glass.preprocess import WorkItem, loaded_batches
 
     class Upper(FrozenEncoder):
@@ -281,7 +280,7 @@ def test_loader_workers_deliver_batches_in_job_order_with_rejects(tmp_path):
 
 
 def _upper_or_reject(text: str) -> str:
-    from edge_glass.media import MediaError
+    from edge_glass.core.errors import MediaError
 
     if text == "bad":
         raise MediaError("unreadable: bad")

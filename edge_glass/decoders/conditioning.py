@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from edge_glass.data import FeatureSplit
-from edge_glass.models.aligner import MEDIA, AlignModel
+from edge_glass.features.dataset import MEDIA, FeatureSplit
+from edge_glass.models.aligner import AlignModel
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from edge_glass.config import LMParams
+from edge_glass.config.decode import LMParams
 from edge_glass.decoders.base import CaptionDecoder
 from edge_glass.decoders.conditioning import Conditioning, Projector
 from edge_glass.decoders.registry import register_decoder
@@ -13,7 +13,7 @@ from edge_glass.decoders.registry import register_decoder
 @register_decoder("lora_lm")
 def build(params, latent_dim: int, embedding_dim: int, lm_dir, captions, device: torch.device) -> "LoraLMDecoder":
     """The frozen LM (``decode.lm``) with fresh LoRA adapters and projector, seeded by ``params.decode_seed``."""
-    from edge_glass.lm import load_lm
+    from edge_glass.decoders.lm import load_lm
 
     lm, tokenizer = load_lm(params.decode.lm, lm_dir, device)
     torch.manual_seed(params.decode_seed)

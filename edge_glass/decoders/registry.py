@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from edge_glass.registry import registrar
+from edge_glass.core.registry import registrar
 
 DECODERS: dict[str, Callable] = {}
 

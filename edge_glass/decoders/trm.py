@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from edge_glass.config import TRMParams
+from edge_glass.config.decode import TRMParams
 from edge_glass.decoders.base import CaptionDecoder
 from edge_glass.decoders.conditioning import Conditioning, Projector
 from edge_glass.decoders.registry import register_decoder
@@ -122,7 +122,7 @@ def build(params, latent_dim: int, embedding_dim: int, lm_dir, captions, device:
     """A fresh TRM with the LM's tokenizer (``decode.lm.model``), seeded by ``params.decode_seed``."""
     from transformers import AutoTokenizer
 
-    from edge_glass.lm import resolve_lm
+    from edge_glass.decoders.lm import resolve_lm
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_lm(params.decode.lm.model, lm_dir))
     vocabulary = None

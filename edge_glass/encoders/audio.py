@@ -9,14 +9,24 @@ from pathlib import Path
 
 import torch
 
-from edge_glass.config import AudioEncoderParams
-from edge_glass.encoders.base import EncoderInfo, FrozenEncoder, module_hashes, source_stamp
+from edge_glass.config.preprocess import AudioEncoderParams
+from edge_glass.core.io import atomic_path, sha256_file
+from edge_glass.data.media import load_audio
+from edge_glass.encoders.base import (
+    EncoderInfo,
+    FrozenEncoder,
+    module_hashes,
+    source_stamp,
+)
 from edge_glass.encoders.registry import register_encoder
 from edge_glass.encoders.whisper import (
-    SAMPLE_RATE, WhisperEncoder, batch_mels, encoder_from_ctranslate2, encoder_from_transformers, log_mel,
+    SAMPLE_RATE,
+    WhisperEncoder,
+    batch_mels,
+    encoder_from_ctranslate2,
+    encoder_from_transformers,
+    log_mel,
 )
-from edge_glass.io import atomic_path, sha256_file
-from edge_glass.media import load_audio
 
 CACHE_DIR = Path(os.environ.get("EDGE_GLASS_CACHE", Path.home() / ".cache" / "edge_glass"))
 

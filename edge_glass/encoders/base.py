@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge_glass.device import autocast
+from edge_glass.core.device import autocast
 
 
 @dataclass

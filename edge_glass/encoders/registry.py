@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from edge_glass.registry import registrar
+from edge_glass.core.registry import registrar
 
 ENCODERS: dict[tuple[str, str], Callable] = {}
 SECTIONS = {"image": "vision", "audio": "audio", "text": "text"}  # modality -> preprocess params section
@@ -33,7 +33,7 @@ def build_encoder(modality: str, params):
     import edge_glass.encoders.audio  # noqa: F401  (fill the registry)
     import edge_glass.encoders.text  # noqa: F401
     import edge_glass.encoders.vision  # noqa: F401
-    from edge_glass.device import resolve_precision, stage_device
+    from edge_glass.core.device import resolve_precision, stage_device
 
     section = encoder_params(modality, params.preprocess)
     key = f"preprocess.{SECTIONS[modality]}.backend"

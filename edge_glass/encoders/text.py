@@ -6,12 +6,16 @@ from pathlib import Path
 
 import torch
 
-from edge_glass.config import TextEncoderParams
-from edge_glass.encoders.base import EncoderInfo, FrozenEncoder, module_hashes, source_stamp
+from edge_glass.config.preprocess import TextEncoderParams
+from edge_glass.core.hub import PACKAGED_TEXT
+from edge_glass.core.io import sha256_file
+from edge_glass.encoders.base import (
+    EncoderInfo,
+    FrozenEncoder,
+    module_hashes,
+    source_stamp,
+)
 from edge_glass.encoders.registry import register_encoder
-from edge_glass.hub import PACKAGED_TEXT
-from edge_glass.io import sha256_file
-
 
 
 def resolve_text_model(name: str) -> str:

@@ -10,11 +10,17 @@ import torch
 from einops import rearrange
 from PIL import Image
 
-from edge_glass.config import VisionEncoderParams
-from edge_glass.encoders.base import EncoderInfo, FrozenEncoder, module_hashes, source_stamp, split_tokens
+from edge_glass.config.preprocess import VisionEncoderParams
+from edge_glass.core.io import sha256_file
+from edge_glass.data.media import load_image
+from edge_glass.encoders.base import (
+    EncoderInfo,
+    FrozenEncoder,
+    module_hashes,
+    source_stamp,
+    split_tokens,
+)
 from edge_glass.encoders.registry import register_encoder
-from edge_glass.io import sha256_file
-from edge_glass.media import load_image
 
 # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128
 LITE_MEAN, LITE_STD = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
-
-import numpy as np
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from edge_glass.config import AlignParams
+from edge_glass.config import Params
+from edge_glass.config.align import AlignParams
+from edge_glass.core.io import write_json
+from edge_glass.features.dataset import MEDIA, Batch, FeatureSplit
 from edge_glass.models.fusion import build_fusion
 from edge_glass.models.mrl import MRLHead
 from edge_glass.models.perceiver import MeanPool, PerceiverResampler
+from edge_glass.train.checkpoints import save_weights
 
-MEDIA = ("image", "audio")
 HEAD_IDS = {"image": 1, "audio": 2, "fused": 3, "text": 4}  # in the keyed-dropout key of each head
-
-
-@dataclass
-class Batch:
-    """Padded media tokens with masks, presence flags and one caption feature per item."""
-
-    tokens: dict[str, torch.Tensor]  # modality -> (b, n, d), zeros where absent
-    masks: dict[str, torch.Tensor]  # modality -> (b, n) True for real tokens
-    present: dict[str, torch.Tensor]  # modality -> (b,) bool
-    text: torch.Tensor  # (b, text_dim) pooled caption features
-    # training only: global batch positions of the rows and the (seed, step, micro) key of keyed dropout
-    positions: np.ndarray | None = None
-    noise_key: tuple[int, int, int] | None = None
-
-    def to(self, device) -> "Batch":
-        move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
-        return Batch(move(self.tokens), move(self.masks), move(self.present), self.text.to(device, non_blocking=True),
-                     self.positions, self.noise_key)
 
 
 class AlignModel(nn.Module):
@@ -133,3 +118,17 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     w = mask.to(tokens.dtype)
     # one batched matmul, no (b, n, d) temporary
     return torch.bmm(w.unsqueeze(1), tokens).squeeze(1) / w.sum(dim=1, keepdim=True).clamp(min=1)
+
+
+def save_model(out_dir: Path, model: AlignModel, params: Params, data: FeatureSplit) -> None:
+    save_weights(out_dir / "model.safetensors", model)
+    write_json({"align": params.align.model_dump(), "seed": params.seed, "train_seed": params.align_seed, "token_dims": data.token_dims,
+                "text_dim": data.text_dim}, out_dir / "model.json")
+
+
+def load_model(out_dir: str | Path, device: str | torch.device = "cpu") -> AlignModel:
+    out_dir = Path(out_dir)
+    meta = json.loads((out_dir / "model.json").read_text())
+    model = AlignModel(AlignParams.model_validate(meta["align"]), meta["token_dims"], meta["text_dim"])
+    model.load_state_dict(load_file(str(out_dir / "model.safetensors"), device=str(device)))
+    return model.eval()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_glass.keyed_random import keyed_uniforms
+from edge_glass.features.keyed_random import keyed_uniforms
 
 
 class MRLHead(nn.Module):

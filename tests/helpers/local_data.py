@@ -1,10 +1,10 @@
-"""Params entries for the sample datasets of edge_glass.sample_datasets (every local format)."""
+"""Params entries for the sample datasets of edge_glass.tools.sample_datasets (every local format)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from edge_glass import sample_datasets as sd
+from edge_glass.tools import sample_datasets as sd
 
 CLOTHO_CAPTIONS = [f"caption_{k}" for k in range(1, 6)]
 

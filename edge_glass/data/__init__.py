@@ -1,0 +1,1 @@
+"""Raw data to manifest and media shards: media checks, shards, manifest, splits, sources."""

@@ -1,0 +1,1 @@
+"""Cached encoder features: the shard store, the training dataset view, keyed randomness."""

@@ -1,0 +1,1 @@
+"""Retrieval ranks and recalls, bootstrap intervals, caption metrics, the ridge baseline."""

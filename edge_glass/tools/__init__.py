@@ -1,0 +1,1 @@
+"""Helpers no stage imports: sample datasets, synthetic data, the GPU smoke run, seed sweeps."""

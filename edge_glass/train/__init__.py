@@ -1,0 +1,1 @@
+"""The one training loop align and decode share: loop, checkpoints, distributed helpers."""

@@ -1,0 +1,105 @@
+"""The layout is the architecture: the import contract in pyproject.toml holds, and it can fail.
+
+`lint-imports` (import-linter) checks the layers (stages and commands -> parts -> config -> core),
+the forbidden imports (data never imports models, metrics never imports a stage) and that no part
+has an import cycle. The second test breaks the rule on purpose in a copy of the package and
+expects the contract to catch it, so a contract that checks nothing cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers.setup import REPO
+
+ROOT = REPO
+PKG = ROOT / "edge_glass"
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("lint-imports")
+    if exe is None:
+        pytest.fail("lint-imports is missing: `bash setup.sh` installs import-linter (requirements.txt)")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([exe, "--no-cache", "--config", str(root / "pyproject.toml")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_import_contract_holds():
+    out = lint_imports(ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "0 broken" in out.stdout
+
+
+@pytest.mark.parametrize("module, bad_import", [
+    ("data/media.py", "import edge_glass.models.aligner"),        # data -> models: forbidden
+    ("metrics/bootstrap.py", "import edge_glass.evaluate"),        # metrics -> a stage
+    ("core/io.py", "import edge_glass.config"),                    # core imports nothing above it
+    ("align.py", "import edge_glass.evaluate"),                    # one stage importing another
+])
+def test_import_contract_fails_on_a_wrong_import(tmp_path, module, bad_import):
+    shutil.copytree(PKG, tmp_path / "edge_glass", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    target = tmp_path / "edge_glass" / module
+    target.write_text(target.read_text() + f"\n{bad_import}  # deliberately wrong\n")
+    out = lint_imports(tmp_path)
+    assert out.returncode != 0, out.stdout[-2000:]
+    assert "BROKEN" in out.stdout
+
+
+def edge_glass_imports(path: Path) -> set[str]:
+    """Every edge_glass module a file imports (``from edge_glass.x import y`` counts x and x.y)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("edge_glass")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edge_glass"):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def test_top_level_lists_the_stages_and_commands():
+    top = sorted(p.stem for p in PKG.glob("*.py"))
+    assert len(top) <= 16, top
+    stages = set(re.findall(r"^  (\w+):\n", (ROOT / "dvc.yaml").read_text(), re.M)) - {"prepare_lm"}
+    assert stages <= set(top) | {p.name for p in PKG.iterdir() if p.is_dir()}, stages
+
+
+def test_no_module_outside_tools_is_imported_only_by_tests_or_benchmarks():
+    """Every module under edge_glass/ is reached from a stage, a command or another module; only tools/ may
+    be imported by tests and benchmarks alone."""
+    users: dict[str, set[str]] = {}
+    for path in [*PKG.rglob("*.py"), *(ROOT / "stages").glob("*.py")]:
+        for mod in edge_glass_imports(path):
+            users.setdefault(mod, set()).add(module_name(path))
+    commands = set(re.findall(r"python -m (edge_glass[\w.]*)", (ROOT / "dvc.yaml").read_text()))
+    entry = {"edge_glass", "edge_glass.params", "edge_glass.compare", *commands}
+    unused = []
+    for path in PKG.rglob("*.py"):
+        mod = module_name(path)
+        if mod in entry or mod.startswith("edge_glass.tools") or path.name in ("__main__.py", "__init__.py"):
+            continue
+        if not (users.get(mod, set()) - {mod}):
+            unused.append(mod)
+    assert not unused, f"imported by no stage, command or module: {unused}"
+
+
+def test_public_api_names_resolve():
+    """Every name ``edge_glass.__all__`` declares imports, from the module the layout puts it in."""
+    import edge_glass
+
+    for name in edge_glass.__all__:
+        assert getattr(edge_glass, name) is not None, name
+    with pytest.raises(AttributeError):
+        edge_glass.not_a_public_name  # noqa: B018
