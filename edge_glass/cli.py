@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge_glass.config import Params, load_params
-from edge_glass.core.errors import DataError, OutputError, ParamsError
+from edge_glass.core.errors import ParamsError, exit_code
 from edge_glass.core.hub import PACKAGED_AUDIO, PACKAGED_LMS, PACKAGED_TEXT
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,13 @@ def run_stage(name: str, parser: argparse.ArgumentParser, body: Callable[[Params
         params = load_params(args.params)
         configure_hub(params, name)  # offline unless this stage's params name a hub data set or model
         body(params, args)
-    except ParamsError as exc:
-        print(f"[{name}] invalid params:\n{exc}", file=sys.stderr)
-        sys.exit(2)
-    except (OutputError, FileNotFoundError, ImportError, DataError) as exc:
-        print(f"[{name}] error: {exc}", file=sys.stderr)
-        sys.exit(3)
+    except Exception as exc:
+        code = exit_code(exc)  # core.errors.EXIT_CODES: known faults give one line; anything else is a bug
+        if code is None:
+            raise
+        print(f"[{name}] invalid params:\n{exc}" if isinstance(exc, ParamsError) else f"[{name}] error: {exc}",
+              file=sys.stderr)
+        sys.exit(code)
 
 
 def _remote(name: str, packaged: set[str]) -> bool:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from edge_glass.core.errors import EXIT_NOT_COMPARABLE
 from edge_glass.metrics.bootstrap import (
     RESAMPLES,
     paired_cluster_difference,
@@ -40,7 +41,7 @@ QUERIES = "metrics/retrieval_queries.parquet"
 CAPTIONS = "metrics/caption_items.parquet"
 RETRIEVAL = "metrics/retrieval.json"
 KS = (1, 5, 10)
-NOT_COMPARABLE = 4  # exit code: the runs scored different test items
+NOT_COMPARABLE = EXIT_NOT_COMPARABLE  # exit code: the runs scored different test items (core.errors)
 SHOWN = 5  # ids listed per side in messages
 
 

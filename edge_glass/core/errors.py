@@ -21,3 +21,22 @@ class MediaError(ValueError):
 
 class OutputError(OSError):
     """An output could not be written (disk full, read-only, missing permission)."""
+
+
+# exit codes: 0 done, 1 a bug (a traceback), and these for the faults a user can fix (one line, no traceback)
+EXIT_PARAMS = 2  # a params value is unknown, of the wrong type or out of range
+EXIT_DATA = 3  # an input or output cannot be used: data, a file, a missing optional package
+EXIT_NOT_COMPARABLE = 4  # python -m edge_glass.compare: the two runs scored different test items
+
+EXIT_CODES: dict[type[BaseException], int] = {
+    ParamsError: EXIT_PARAMS,
+    DataError: EXIT_DATA,
+    OutputError: EXIT_DATA,
+    FileNotFoundError: EXIT_DATA,
+    ImportError: EXIT_DATA,
+}
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code of a known fault (the first matching class of ``EXIT_CODES``), None for a bug."""
+    return next((code for kind, code in EXIT_CODES.items() if isinstance(exc, kind)), None)

@@ -17,7 +17,8 @@ from edge_glass.report.markdown import build_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m edge_glass.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default=".", help="repository root (default: .)")
     parser.add_argument("--out", default="reports", help="output folder (default: reports)")
     parser.add_argument("--no-experiments", action="store_true", help="skip `dvc exp show` (ablation section)")
