@@ -8,7 +8,7 @@ from edge_glass.config.base import Strict
 
 
 class ReportParams(Strict):
-    """The HTML report (``python -m edge_glass.report.markdown --html``, the ``report`` stage)."""
+    """The HTML report (``python -m edge_glass.report --html``, the ``report`` stage)."""
 
     samples: int = Field(12, ge=1)  # random queries per direction, worst failures, caption cards
     top_k: int = Field(5, ge=1, le=50)

@@ -1,10 +1,10 @@
 """Markdown + PNG report of a pipeline run: retrieval vs baseline, R@1 per MRL dim, loss curves,
 caption metrics and samples, and the Perceiver-latents ablation from `dvc exp show`.
 
-    python -m edge_glass.report.markdown                 # writes reports/report.md and reports/*.png
-    python -m edge_glass.report.markdown --out DIR --no-experiments
-    python -m edge_glass.report.markdown --base-ref origin/main     # + paired comparison with a git revision
-    python -m edge_glass.report.markdown --html                     # reports/index.html (the `report` stage)
+    python -m edge_glass.report                 # writes reports/report.md and reports/*.png
+    python -m edge_glass.report --out DIR --no-experiments
+    python -m edge_glass.report --base-ref origin/main     # + paired comparison with a git revision
+    python -m edge_glass.report --html                     # reports/index.html (the `report` stage)
 """
 
 from __future__ import annotations
