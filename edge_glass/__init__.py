@@ -1,7 +1,8 @@
 """edge_glass: a reproducible, cached DVC pipeline for multimodal alignment research.
 
 The pipeline is ``download -> preprocess -> align -> decode -> evaluate -> report``, one DVC stage each
-(``stages/<name>.py`` runs ``edge_glass.<name>``, configured by ``params.<name>``). What a user imports
+(``edge_glass.<name>``, configured by ``params.<name>``, run by ``stages/<name>.py`` or, for the report,
+``python -m edge_glass.report``). What a user imports
 from Python is listed in ``__all__`` below; names load on first use, so ``import edge_glass`` stays cheap
 (no torch until a model is touched).
 

@@ -3,7 +3,8 @@
 Initialisation (PCA text head, ridge-initialised linear path; streamed, float64), the optimizer, one
 training step (global batch, token dropout, forward under autocast, contrastive loss, gradient sync,
 clipping), validation (loss, R@1 for checkpoint selection) and saving. The loop itself is
-``loop.run_loop``, shared with decode; the losses are in ``loss.py``; checkpoints in ``checkpoints.py``.
+``train/loop.py: run_loop``, shared with decode; the losses are in ``models/loss.py``; checkpoints in
+``train/checkpoints.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 from edge_glass.config import Params
 from edge_glass.config.align import AlignParams
 from edge_glass.core.device import autocast, configure_kernels, resolve_precision
-from edge_glass.core.errors import ParamsError
+from edge_glass.core.errors import DataError, ParamsError
 from edge_glass.core.io import package_fingerprint, sha256_file, sha256_text, write_json
 from edge_glass.features.dataset import FeatureSplit, drop_tokens, global_batch
 from edge_glass.models.aligner import AlignModel, save_model
@@ -224,10 +225,6 @@ def load_val(features_dir: Path, manifest: str | Path, select: str) -> FeatureSp
         for k in np.unique(val.text_store.shard_of[val.caption_rows]):
             val.text_store.view(int(k))
     except (OSError, ValueError, KeyError) as exc:
-        from edge_glass.core.errors import (
-            DataError,  # the stage's clean one-line exit (edge_glass.cli)
-        )
-
         raise DataError(f"align: the val split ({n_val} items in {manifest}) cannot be read from the features in "
                          f"{features_dir}: {exc}") from exc
     return val

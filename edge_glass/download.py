@@ -261,7 +261,7 @@ KEEP_PRIORITY = {"test": 0, "val": 1, "train": 2, "": 3}
 
 def finalise(ledger: Ledger, params: Params) -> tuple[list[SplitConflict], int]:
     """Clean captions, reject repeated ids and (optionally) repeated first captions, form split groups
-    and settle every item's split (see :func:`edge_glass.data.manifest.resolve_splits`).
+    and settle every item's split (see :func:`edge_glass.data.splits.resolve_splits`).
 
     Of two items with one id, or one first caption, the one with the later given split is kept
     (``KEEP_PRIORITY``): a duplicate never takes an item out of a published test set. Repeated first

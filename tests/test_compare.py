@@ -13,7 +13,8 @@ import pytest
 import yaml
 from helpers.setup import REPO
 
-from edge_glass.compare import NOT_COMPARABLE, compare, main, markdown
+from edge_glass.compare import NOT_COMPARABLE, main
+from edge_glass.metrics.paired import compare, markdown
 
 
 def sha(items) -> str:

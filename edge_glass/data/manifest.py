@@ -1,4 +1,6 @@
-"""Manifest records, caption clean-up, deterministic splits and the rejects ledger."""
+"""Manifest records (items, rejects, the ledger that counts them), caption clean-up and the manifest file.
+
+Splits (groups, given and hash splits, conflicts, hygiene) are in ``data/splits.py``."""
 
 from __future__ import annotations
 

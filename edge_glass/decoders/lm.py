@@ -16,7 +16,6 @@ from edge_glass.core.io import atomic_path, sha256_file
 log = logging.getLogger(__name__)
 
 
-
 def packaged_gguf(name: str) -> Path:
     """Path of a GGUF file shipped inside a PyPI package (found without importing the package)."""
     package, filename = PACKAGED_LMS[name]

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge_glass.core.errors import EXIT_DATA
 from edge_glass.report.markdown import build_report
 
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                               manifest_path=Path(args.manifest), model_dir=Path(args.model), captions_path=Path(args.captions))
         except (FileNotFoundError, ParamsError) as exc:
             print(f"report: {exc}", file=sys.stderr)
-            return 3
+            return EXIT_DATA
         print(f"wrote {page}")
         if args.screenshot:
             from edge_glass.report.html import render_in_chromium
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         report = build_report(Path(args.repo), Path(args.out), not args.no_experiments, args.base_ref)
     except FileNotFoundError as exc:
         print(f"report: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_DATA
     print(f"wrote {report}")
     return 0
 

@@ -1,10 +1,8 @@
 """Markdown + PNG report of a pipeline run: retrieval vs baseline, R@1 per MRL dim, loss curves,
 caption metrics and samples, and the Perceiver-latents ablation from `dvc exp show`.
 
-    python -m edge_glass.report                 # writes reports/report.md and reports/*.png
-    python -m edge_glass.report --out DIR --no-experiments
-    python -m edge_glass.report --base-ref origin/main     # + paired comparison with a git revision
-    python -m edge_glass.report --html                     # reports/index.html (the `report` stage)
+``python -m edge_glass.report`` (``report/__main__.py``) writes it; ``--html`` writes the HTML report of the
+report stage instead (``report/html.py``).
 """
 
 from __future__ import annotations
@@ -201,7 +199,7 @@ def build_report(repo: Path, out: Path, experiments: bool = True, base_ref: str 
         if samples.exists():
             parts += ["### Samples", "", *samples.read_text().splitlines()[2:], ""]
     if base_ref:
-        from edge_glass.compare import (
+        from edge_glass.metrics.paired import (
             NotComparable,
             compare,
             markdown,

@@ -116,8 +116,8 @@ def test_encoders_take_their_batch_size_from_their_own_section():
 
 
 def test_config_py_defaults_are_the_conf_defaults():
-    """conf/ is the home of defaults; config.py repeats them only as the schema's fallbacks and must agree,
-    so a reader of config.py (or a test building Params() from a partial dict) sees what actually runs."""
+    """conf/ is the home of defaults; the config/ schemas repeat them only as fallbacks and must agree,
+    so a reader of config/ (or a test building Params() from a partial dict) sees what actually runs."""
     from edge_glass.config import Params
 
     def leaves(tree, path=""):

@@ -7,7 +7,14 @@ import yaml
 
 from edge_glass.cli import run_stage, stage_parser
 from edge_glass.core.errors import (
-    EXIT_DATA, EXIT_NOT_COMPARABLE, EXIT_PARAMS, DataError, MediaError, OutputError, ParamsError, exit_code,
+    EXIT_DATA,
+    EXIT_NOT_COMPARABLE,
+    EXIT_PARAMS,
+    DataError,
+    MediaError,
+    OutputError,
+    ParamsError,
+    exit_code,
 )
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from edge_glass.config.download import DownloadParams
 from edge_glass.core.errors import MediaError
-from edge_glass.data.manifest import Reject, Sample
+from edge_glass.data.manifest import Reject, Sample, reason_kind
 from edge_glass.data.media import (
     check_audio,
     check_audio_header,
@@ -129,10 +129,6 @@ def empty_source_line(source: Source, read: int, kept: int, rejects: list[Reject
     counts and one example each, and a hint where the pattern is recognisable, e.g.
     ``download.local entry 'coco': 0 of 2,389 kept; 2,389 "missing file" (e.g. coco/1: missing file:
     /data/coco/000001.png); did media_root point one folder too high? ...``."""
-    from edge_glass.data.manifest import (
-        reason_kind,  # the kinds metrics/download.json counts by
-    )
-
     by_kind: dict[str, list[Reject]] = {}
     for r in rejects:
         by_kind.setdefault(reason_kind(r.reason), []).append(r)

@@ -2,7 +2,7 @@
 
 ``SOURCES`` holds the named sources of ``download.sources`` (packaged demo data, hub data sets);
 ``FORMATS`` the local on-disk formats of ``download.local[].format``. A new source is one class
-with ``candidates()`` and ``process()`` (see ``sources/base.py``) and one decorator line.
+with ``candidates()`` and ``process()`` (see ``data/sources/base.py``) and one decorator line.
 """
 
 from __future__ import annotations
