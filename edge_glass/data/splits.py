@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from edge_glass.config import Params
 from edge_glass.core.io import atomic_path
-from edge_glass.data.manifest import Sample, caption_key
+from edge_glass.data.manifest import Ledger, Sample, caption_key, dedupe_captions
 
 log = logging.getLogger(__name__)
 
@@ -271,3 +272,86 @@ def split_hygiene(samples: list[Sample], max_hamming: int | None) -> tuple[dict,
     out["groups"] = len(sizes)
     out["largest_group"] = max(sizes.values(), default=0)
     return out, near
+
+
+# which of two items sharing an id or a first caption is kept: a given later split first (test, val,
+# train), then hash-split items, each in reading order, so a published test set keeps all its items
+KEEP_PRIORITY = {"test": 0, "val": 1, "train": 2, "": 3}
+
+
+def finalise(ledger: Ledger, params: Params) -> tuple[list[SplitConflict], int]:
+    """Clean captions, reject repeated ids and (optionally) repeated first captions, form split groups
+    and settle every item's split (see :func:`edge_glass.data.splits.resolve_splits`).
+
+    Of two items with one id, or one first caption, the one with the later given split is kept
+    (``KEEP_PRIORITY``): a duplicate never takes an item out of a published test set. Repeated first
+    captions among hash-split items are rejected before the groups form (as the default data always
+    was); one involving an item with a given split is settled after the splits are: in one split the
+    lower-priority item is rejected, across two splits of one group it is a split conflict that
+    ``download.split_conflicts`` decides (listed in ``split_conflicts.csv``).
+
+    Returns the split conflicts (groups given two splits) and how many hash-split items followed a
+    group member's given split. With ``download.split_conflicts=drop`` the conflicting items of the
+    earlier splits are rejects here; with ``error`` the caller stops after writing the conflicts.
+    """
+    d = params.download
+    position = {id(s): k for k, s in enumerate(ledger.samples)}
+    rank = lambda s: (KEEP_PRIORITY.get(s.split, 3), position[id(s)])  # noqa: E731
+    ids: dict[str, Sample] = {}
+    kept: list[Sample] = []
+    for s in sorted(ledger.samples, key=rank):
+        if s.item_id in ids:
+            other = ids[s.item_id]
+            ledger.reject(s.item_id, s.source, f"duplicate item id (kept the item from {other.source}"
+                                               f"{', split ' + other.split if other.split else ''})")
+            continue
+        ids[s.item_id] = s
+        s.captions = dedupe_captions(s.captions, d.max_captions_per_item)
+        if not s.captions:
+            ledger.reject(s.item_id, s.source, "empty caption")
+            continue
+        kept.append(s)
+    kept.sort(key=lambda s: position[id(s)])  # reading order again: the manifest's order does not depend on splits
+    if d.reject_duplicate_captions:  # hash-split items among themselves, before grouping
+        first_owner: dict[str, str] = {}
+        survivors = []
+        for s in kept:
+            key = caption_key(s.captions[0])
+            if not s.split and key in first_owner:
+                ledger.reject(s.item_id, s.source, f"duplicate caption: {s.captions[0]!r} is the first caption of "
+                                                   f"{first_owner[key]}")
+                continue
+            if not s.split:
+                first_owner.setdefault(key, s.item_id)
+            survivors.append(s)
+        kept = survivors
+    given = {id(s) for s in kept if s.split}
+    groups = split_groups(kept, d.group_shared_captions)
+    for s in kept:
+        s.group = groups[s.item_id].removeprefix("group:")
+    conflicts, dropped, followed = resolve_splits(kept, params.seed, d.split.train, d.split.val, d.split_conflicts)
+    gone = {id(s) for s in dropped}
+    latest = {c.group: c.final_split for c in conflicts if c.action == "keep"}
+    for s in dropped:
+        ledger.reject(s.item_id, s.source, f"split conflict: given split {s.split} but its group {s.group!r} is also "
+                                           f"in {latest[s.group]} (download.split_conflicts=drop keeps the latest split)")
+    kept = [s for s in kept if id(s) not in gone]
+    if d.reject_duplicate_captions:  # a repeated first caption that involves an item with a given split
+        by_key: dict[str, list[Sample]] = {}
+        for s in kept:
+            by_key.setdefault(caption_key(s.captions[0]), []).append(s)
+        conflict_groups = {c.group for c in conflicts}
+        for items in by_key.values():
+            if len(items) < 2 or not any(id(s) in given for s in items):
+                continue
+            # given split before hash-split, later split first, then reading order
+            items.sort(key=lambda s: (KEEP_PRIORITY[s.split], id(s) not in given, position[id(s)]))
+            owner = items[0]
+            for s in items[1:]:
+                if s.split != owner.split and s.group == owner.group and s.group in conflict_groups:
+                    continue  # a split conflict: split_conflicts.csv lists it, download.split_conflicts decides
+                ledger.reject(s.item_id, s.source, f"duplicate caption: {s.captions[0]!r} is the first caption of "
+                                                   f"{owner.item_id}")
+                gone.add(id(s))
+    ledger.samples = [s for s in kept if id(s) not in gone]
+    return conflicts, followed

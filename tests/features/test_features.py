@@ -3,7 +3,7 @@ import errno
 import pytest
 import torch
 
-import edge_glass.features.store as features
+import edge_glass.features.store as store
 from edge_glass.core.errors import OutputError
 from edge_glass.core.io import atomic_path, read_metadata
 from edge_glass.features.store import (
@@ -52,7 +52,7 @@ def test_disk_full_while_writing_leaves_no_partial_shard(tmp_path, monkeypatch):
             f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(features, "save_file", full_disk)
+    monkeypatch.setattr(store, "save_file", full_disk)
     path = tmp_path / "shard-00000.safetensors"
     with pytest.raises(OutputError, match="cannot write .*shard-00000.safetensors: No space left on device"):
         write_shard(path, ["a"], _tokens([2]), torch.zeros(1, 6), torch.float16, {})
