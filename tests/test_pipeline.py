@@ -23,7 +23,8 @@ def test_dvc_repro_then_noop(tmp_path):
     params["download"]["limit_per_source"] = 6
     params["preprocess"]["shard_size"] = 4
     tiny = json.loads(json.dumps(TINY_ALIGN))
-    params["align"]["train"].update(tiny.pop("train"), batch_size=4, steps=4)
+    # 6 items per source leave no val split: select the last step (best_val without val is a params error)
+    params["align"]["train"].update(tiny.pop("train"), batch_size=4, steps=4, select="last")
     params["align"]["perceiver"].update(tiny.pop("perceiver"))
     params["align"].update(tiny)
     params["align"]["projection_dim"] = 8  # the PCA text head needs >= projection_dim captions (12 in train here)
