@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -92,10 +93,14 @@ def run_evaluate(params: Params, features_dir: str | Path, manifest_path: str | 
     source_of = dict(zip(manifest.item_id, manifest.source))
     kinds = source_groups(params)
     by_source = {}
-    for source in sorted({source_of[i] for i in data.item_ids}):
+    items_of_source = Counter(source_of[i] for i in data.item_ids)
+    for source in sorted(items_of_source):
         subset = {t: f[f.item_id.map(source_of) == source] for t, f in by_dim_ranks[top].items()}
-        by_source[source] = {"audio": kinds.get(source, "sound"), "items": int(sum(source_of[i] == source for i in data.item_ids)),
+        by_source[source] = {"audio": kinds.get(source, "sound"), "items": items_of_source[source],
                              **summarise({t: f for t, f in subset.items() if len(f)}, params)}
+    # R@K with its interval for every dim and task, once: the top dim's is the headline "trained" block, and
+    # recall_by_dim.csv (a DVC plot) carries each dim's interval (whether a smaller dim really loses recall)
+    with_ci = {d: summarise(r, params) for d, r in by_dim_ranks.items()}
     metrics = {
         "split": split,
         "items": len(data),
@@ -107,18 +112,15 @@ def run_evaluate(params: Params, features_dir: str | Path, manifest_path: str | 
                       "over": "test items",
                       "method": "cluster bootstrap: each resample draws test items with replacement and weights "
                                 "every query of an item by its draw count"},
-        "trained": summarise(by_dim_ranks[top], params),
+        "trained": with_ci[top],
         "baseline": {**summarise(base_ranks, params), "ridge": chosen},
         "by_source": by_source,
         "by_dim": {str(d): {t: {f"R@{k}": v for k, v in recall_from_ranks(f["rank"].to_numpy(), ev.recall_k).items()}
                             for t, f in r.items()} for d, r in by_dim_ranks.items()},
     }
-    # the CSV (a DVC plot) carries each dim's interval too: whether a smaller dim really loses recall
     rows = [{"dim": d, "task": task, **r} for d, res in metrics["by_dim"].items() for task, r in res.items()]
-    bounds = {(str(d), task): recalls_with_ci(f, ev.recall_k, ev.bootstrap_resamples, params.seed)
-              for d, r in by_dim_ranks.items() for task, f in r.items()}
     for row in rows:
-        ci = bounds[(row["dim"], row["task"])]
+        ci = with_ci[int(row["dim"])][row["task"]]
         row.update({key: ci[key] for k in ev.recall_k for key in (f"R@{k}_ci95_lo", f"R@{k}_ci95_hi")})
     per_query = pd.concat([f.assign(model=name, task=task, source=f.item_id.map(source_of))
                            for name, ranks in (("trained", by_dim_ranks[top]), ("baseline", base_ranks))
