@@ -4,7 +4,6 @@ from the deps is code that changes the stage's outputs without DVC rerunning it.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.imports import import_closure, imported_names
 from helpers.setup import REPO
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -41,43 +41,13 @@ def entry(cmd: str) -> tuple[str, str] | None:
     return None
 
 
-def module_file(name: str) -> Path | None:
-    base = REPO / Path(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_names(path: Path) -> set[str]:
-    """Project modules ``path`` imports anywhere (module level or inside functions)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{a.name}" for a in node.names)  # ``from pkg import module``
-    names = {n for n in names if n == "edge_glass" or n.startswith("edge_glass.")}
-    parents = {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 1)}
-    return names | parents  # importing a.b.c runs a/__init__ and a/b/__init__
-
-
 def loaded_modules(kind: str, target: str) -> set[Path]:
     """What the entry imports when loaded, closed over every project import in those files' code."""
     proc = subprocess.run([sys.executable, "-c", LOADED, kind, str(REPO / target) if kind == "script" else target],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = {Path(f).resolve() for f in json.loads(proc.stdout.strip().splitlines()[-1])}
-    todo = list(files | ({REPO / target} if kind == "script" else set()))
-    seen = set(todo)
-    while todo:
-        for name in imported_names(todo.pop()):
-            f = module_file(name)
-            if f is not None and f.resolve() not in seen:
-                seen.add(f.resolve())
-                todo.append(f.resolve())
-    return seen
+    return import_closure(files | ({REPO / target} if kind == "script" else set()))
 
 
 def uncovered(files: set[Path], deps: list) -> list[str]:

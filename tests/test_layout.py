@@ -8,7 +8,6 @@ expects the contract to catch it, so a contract that checks nothing cannot pass 
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import shutil
@@ -16,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.imports import import_closure, module_file
 from helpers.setup import REPO
 
 ROOT = REPO
@@ -53,18 +53,6 @@ def test_import_contract_fails_on_a_wrong_import(tmp_path, module, bad_import):
     assert "BROKEN" in out.stdout
 
 
-def edge_glass_imports(path: Path) -> set[str]:
-    """Every edge_glass module a file imports (``from edge_glass.x import y`` counts x and x.y)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("edge_glass")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edge_glass"):
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names}
-    return found
-
-
 def module_name(path: Path) -> str:
     return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
@@ -76,34 +64,15 @@ def test_top_level_lists_the_stages_and_commands():
     assert stages <= set(top) | {p.name for p in PKG.iterdir() if p.is_dir()}, stages
 
 
-def module_path(name: str) -> Path | None:
-    base = ROOT / Path(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def test_no_module_outside_tools_is_imported_only_by_tests_or_benchmarks():
     """Every module under edge_glass/ outside tools/ is reached from a stage or a command (the stage scripts,
     ``python -m`` commands of dvc.yaml, compare, params), following imports at any depth, lazy ones included;
     what tests and benchmarks alone import belongs in tools/."""
     entries = [*(ROOT / "stages").glob("*.py"), PKG / "compare.py", PKG / "params.py",
-               *[module_path(m) for m in re.findall(r"python -m (edge_glass[\w.]*)", (ROOT / "dvc.yaml").read_text())]]
+               *[module_file(m) for m in re.findall(r"python -m (edge_glass[\w.]*)", (ROOT / "dvc.yaml").read_text())]]
     entries = [p.parent / "__main__.py" if p.name == "__init__.py" and (p.parent / "__main__.py").exists() else p
                for p in entries]
-    reached, todo = set(), list(entries)
-    while todo:
-        path = todo.pop()
-        if path in reached:
-            continue
-        reached.add(path)
-        for name in edge_glass_imports(path):
-            parts = name.split(".")
-            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
-                found = module_path(".".join(parts[:i]))
-                if found is not None and found not in reached:
-                    todo.append(found)
+    reached = import_closure(entries)  # lazy imports and the packages above each module included
     unreached = sorted(module_name(p) for p in PKG.rglob("*.py")
                        if p not in reached and "tools" not in p.relative_to(PKG).parts and p.name != "__main__.py"
                        and p != PKG / "__init__.py")
