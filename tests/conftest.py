@@ -1,7 +1,9 @@
 import os
+import shutil
 
 import pytest
-from helpers.setup import TINY_ALIGN, small_params
+import yaml
+from helpers.setup import REPO, TINY_ALIGN, run, small_params, tiny_pipeline_params
 
 from edge_glass.config import parse_params
 from edge_glass.download import build_manifest
@@ -49,3 +51,18 @@ def tiny_align(small_features, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_align")
     train(parse_params({"seed": 0, "align": TINY_ALIGN}), features, manifest, out, None)
     return manifest, features, out
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory):
+    """A fresh clone of the committed HEAD with tiny params after one whole `dvc repro` (~2.5 min):
+    (clone, output of that repro). One per session: the pipeline test changes a copy of it
+    (helpers.setup.copy_workspace), the notebook tests only read it."""
+    if shutil.which("dvc") is None:
+        pytest.skip("dvc not installed")
+    root = tmp_path_factory.mktemp("tiny_workspace")
+    clone = root / "clone"
+    run(f"git clone -q {REPO} {clone}", root)
+    params = tiny_pipeline_params(yaml.safe_load((clone / "params.yaml").read_text()))
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return clone, run("dvc repro", clone)

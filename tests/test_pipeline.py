@@ -1,43 +1,17 @@
 """The DVC wiring: a fresh clone with small params reproduces both stages, then a rerun is a no-op."""
 
 import json
-import shutil
-import subprocess
 
-import pytest
 import yaml
-from helpers.setup import REPO, TINY_ALIGN
+from helpers.setup import copy_workspace, run
 
 
-def run(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, shell=True)
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
-@pytest.mark.skipif(shutil.which("dvc") is None, reason="dvc not installed")
-def test_dvc_repro_then_noop(tmp_path):
-    clone = tmp_path / "clone"
-    run(f"git clone -q {REPO} {clone}", tmp_path)
-    params = yaml.safe_load((clone / "params.yaml").read_text())
-    params["download"]["limit_per_source"] = 6
-    params["preprocess"]["shard_size"] = 4
-    tiny = json.loads(json.dumps(TINY_ALIGN))
-    # 6 items per source leave no val split: select the last step (best_val without val is a params error)
-    params["align"]["train"].update(tiny.pop("train"), batch_size=4, steps=4, select="last")
-    params["align"]["perceiver"].update(tiny.pop("perceiver"))
-    params["align"].update(tiny)
-    params["align"]["projection_dim"] = 8  # the PCA text head needs >= projection_dim captions (12 in train here)
-    params["align"]["mrl"]["dims"] = [8, 4]
-    params["evaluate"]["split"] = "train"  # 12 items leave too few in test for a meaningful gallery
-    params["decode"].update(kind="trm", split="train", prefix_tokens=2)
-    params["decode"]["trm"].update(dim=32, heads=2)
-    params["decode"]["train"].update(steps=3, batch_size=4, checkpoint_every=2, log_every=1)
-    params["decode"]["generate"].update(max_new_tokens=4)
-    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run("dvc repro", clone)
+def test_dvc_repro_then_noop(tiny_workspace, tmp_path):
+    workspace, out = tiny_workspace  # a clone with tiny params after one `dvc repro` (conftest)
     for stage in ("download", "preprocess", "align", "prepare_lm", "decode", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out
+    clone = copy_workspace(workspace, tmp_path / "clone")  # the steps below change params and outputs
+    params = yaml.safe_load((clone / "params.yaml").read_text())
     assert (clone / "reports" / "index.html").read_text().count('class=query') > 0
     captions = json.loads((clone / "metrics" / "captions.json").read_text())
     train_items = json.loads((clone / "metrics" / "download.json").read_text())["splits"]["train"]
