@@ -150,9 +150,12 @@ def run_zeroshot(params: Params, zeroshot_dir: str | Path, features_dir: str | P
     out, frames = {}, []
     for entry in ev.zeroshot:
         data = load_set(entry, zeroshot_dir / entry.name, features_dir, params)
+        if isinstance(data, str):
+            out[entry.name] = {"items": 0, "skipped": data, "trained": {}, "baseline": {}, "by_dim": {}}
+            continue
         out[entry.name], frame = score_set(data, model, maps.get(data.modality), ev.bootstrap_resamples, params.seed)
         frames.append(frame)
-    return out, pd.concat(frames, ignore_index=True)
+    return out, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["set", "label", "predicted", "count"])
 
 
 def headline(retrieval: dict, zeroshot: dict, captions: dict | None, recall_k: list[int]) -> dict[str, float]:

@@ -409,10 +409,19 @@ def run_zeroshot_features(params: Params, manifest_path: str | Path, out_dir: st
     stats = {}
     for k, entry in enumerate(params.evaluate.zeroshot):
         key = f"evaluate.zeroshot[{k}] ({entry.name!r})"
-        if entry.modality not in params.preprocess.modalities or "text" not in params.preprocess.modalities:
+        missing = {entry.modality, "text"} - set(params.preprocess.modalities)
+        set_dir = out_dir / entry.name
+        if missing and entry.format == "emoji_groups":
+            # the default set on a run without images (audio-only data): nothing to classify, said so in the metrics
+            shutil.rmtree(set_dir, ignore_errors=True)
+            set_dir.mkdir(parents=True)
+            write_json({"name": entry.name, "skipped": f"preprocess.modalities has no {' or '.join(sorted(missing))}",
+                        "fingerprint": entry_fingerprint(entry, params.download)}, set_dir / "set.json")
+            stats[entry.name] = {"items": 0, "classes": 0, "rejected": 0}
+            continue
+        if missing:
             raise ParamsError(f"{key}: modality {entry.modality} needs {entry.modality} and text in preprocess.modalities "
                               f"(they are {params.preprocess.modalities})")
-        set_dir = out_dir / entry.name
         set_dir.mkdir(parents=True, exist_ok=True)
         if entry.format == "emoji_groups" and manifest is None:
             manifest = read_manifest(manifest_path)

@@ -56,8 +56,11 @@ def main(params, args):
     with atomic_path(args.confusion) as tmp:
         confusion.to_csv(tmp, index=False)
     for name, z in zeroshot.items():
+        if "skipped" in z:
+            print(f"zero-shot {name}: skipped ({z['skipped']})")
+            continue
         print(f"zero-shot {name}: {z['scored']} of {z['items']} items scored in {z['classes']} classes (chance "
-              f"{z['chance_top1']}): top1 {fmt(z['trained'], 'top1')}  top5 {fmt(z['trained'], 'top5')}  "
+              f"{z.get('chance_top1', '–')}): top1 {fmt(z['trained'], 'top1')}  top5 {fmt(z['trained'], 'top5')}  "
               f"(baseline top1 {fmt(z['baseline'], 'top1')})")
     scores = None
     if args.captions:

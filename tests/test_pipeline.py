@@ -64,7 +64,8 @@ def test_dvc_repro_then_noop(tmp_path):
     fourth = run("dvc repro", clone)
     assert all(f"Running stage '{s}'" in fourth for s in ("align", "decode", "evaluate"))
     assert not any(f"Running stage '{s}'" in fourth for s in ("download", "preprocess", "prepare_lm"))
-    metric_files = ["metrics/download.json", "metrics/retrieval.json", "metrics/captions.json", "metrics/recall_by_dim.csv",
+    metric_files = ["metrics/download.json", "metrics/headline.json", "metrics/retrieval.json", "metrics/zeroshot.json",
+                    "metrics/zeroshot_confusion.csv", "metrics/captions.json", "metrics/recall_by_dim.csv",
                     "dvclive/align/metrics.json", "dvclive/decode/metrics.json"]
     before = {f: (clone / f).read_text() for f in metric_files}
     forced = run("dvc repro --force", clone)

@@ -217,6 +217,21 @@ def test_schema_errors_name_the_entry_and_key():
     assert [s.name for s in parse_params({}).evaluate.zeroshot] == ["emoji_groups"]
 
 
+def test_the_default_set_is_skipped_with_its_reason_on_a_run_without_images(tmp_path):
+    from edge_glass.metrics.zeroshot import load_set
+    from edge_glass.preprocess import run_zeroshot_features
+
+    params = parse_params({"preprocess": {"modalities": ["audio", "text"]}})
+    stats = run_zeroshot_features(params, tmp_path / "unused_manifest.parquet", tmp_path / "zs")
+    assert stats == {"emoji_groups": {"items": 0, "classes": 0, "rejected": 0}}
+    entry = params.evaluate.zeroshot[0]
+    assert load_set(entry, tmp_path / "zs" / "emoji_groups", tmp_path, params) == "preprocess.modalities has no image"
+    user_set = parse_params({"preprocess": {"modalities": ["audio", "text"]},
+                             "evaluate": {"zeroshot": [{"name": "f", "format": "folder", "path": str(tmp_path)}]}})
+    with pytest.raises(ParamsError, match=r"evaluate.zeroshot\[0\] \('f'\): modality image needs image and text"):
+        run_zeroshot_features(user_set, tmp_path / "unused_manifest.parquet", tmp_path / "zs")
+
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (240, 220, 30)}
 
 

@@ -61,9 +61,10 @@ class LabelledFeatures:
     prompts: torch.Tensor
 
 
-def load_set(entry: ZeroShotSet, set_dir: Path, features_dir: Path, params: Params) -> LabelledFeatures:
+def load_set(entry: ZeroShotSet, set_dir: Path, features_dir: Path, params: Params) -> LabelledFeatures | str:
     """Read what the zeroshot_features stage wrote for ``entry``; DataError when it is missing or was made for
-    other params (the stage did not run after ``evaluate.zeroshot`` or the media settings changed)."""
+    other params (the stage did not run after ``evaluate.zeroshot`` or the media settings changed). A set the
+    stage skipped (the default emoji set on a run without images) gives the reason instead."""
     info_path = set_dir / "set.json"
     rerun = "run the zeroshot_features stage (dvc repro zeroshot_features)"
     if not info_path.exists():
@@ -71,6 +72,8 @@ def load_set(entry: ZeroShotSet, set_dir: Path, features_dir: Path, params: Para
     info = json.loads(info_path.read_text())
     if info.get("fingerprint") != entry_fingerprint(entry, params.download):
         raise DataError(f"{set_dir} was made for another evaluate.zeroshot entry {entry.name!r} or other media settings: {rerun}")
+    if "skipped" in info:
+        return info["skipped"]
     labels = pd.read_parquet(set_dir / "labels.parquet")
     rejects = pd.read_csv(set_dir / "rejects.csv", dtype=str, keep_default_na=False)
     m = info["modality"]
@@ -88,6 +91,9 @@ def load_set(entry: ZeroShotSet, set_dir: Path, features_dir: Path, params: Para
     t = len(info["templates"])
     ids = [f"class/{c}#{j}" for c in range(len(info["classes"])) for j in range(t)]
     prompt_rows = text.rows(ids)
+    if not ids:  # no classes: a set without items (the emoji set of data without emoji)
+        return LabelledFeatures(entry.name, m, [], np.zeros(0, np.int64), [], [], len(rejects), {}, store,
+                                np.zeros(0, np.int64), torch.zeros(0, 0, 0))
     if (prompt_rows < 0).any():
         raise DataError(f"{set_dir}/features/text lacks prompt features ({ids[int(np.argmax(prompt_rows < 0))]}): {rerun}")
     prompts = torch.from_numpy(text.gather_pooled(prompt_rows)).reshape(len(info["classes"]), t, -1)
@@ -166,6 +172,10 @@ def confusion(data: LabelledFeatures, predicted: np.ndarray) -> pd.DataFrame:
 def score_set(data: LabelledFeatures, model: AlignModel, baseline: BaselineMap | None, resamples: int, seed: int
               ) -> tuple[dict, pd.DataFrame]:
     """The set's block of metrics/zeroshot.json and its confusion counts (trained model, top dim)."""
+    empty = {"modality": data.modality, "items": data.items_in, "scored": 0, "rejected": sum(data.rejected.values()),
+             "rejected_by_reason": data.rejected, "classes": len(data.classes), "trained": {}, "baseline": {}, "by_dim": {}}
+    if not len(data.y) or not data.classes:
+        return empty, pd.DataFrame(columns=["set", "label", "predicted", "count"])
     if data.modality not in model.media:
         raise DataError(f"zero-shot set {data.name!r} is {data.modality}, but the align model has no {data.modality} head "
                         f"(its media: {model.media})")
