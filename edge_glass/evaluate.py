@@ -161,7 +161,8 @@ def run_zeroshot(params: Params, zeroshot_dir: str | Path, features_dir: str | P
 def headline(retrieval: dict, zeroshot: dict, captions: dict | None, recall_k: list[int]) -> dict[str, float]:
     """The numbers a reader compares, flat, in a fixed order (``dvc exp show`` lists a file's keys in order):
     R@1 / R@5 of every retrieval task with its interval, every zero-shot set's top-1 with its interval, CIDEr-D
-    with its interval. Trained model only; the baselines, by-dim and per-source numbers are in the detail files."""
+    with its interval. Keys appear in no other metrics file (`dvc exp show` prefixes a column name two files share
+    with the file path, in both files). Trained model only; the baselines, by-dim and per-source numbers are in the detail files."""
     out = {}
     for task, r in retrieval["trained"].items():
         for k in [k for k in recall_k if k in (1, 5)]:
@@ -173,7 +174,7 @@ def headline(retrieval: dict, zeroshot: dict, captions: dict | None, recall_k: l
             t = z["trained"]
             out[f"zeroshot_{name}_top1"], out[f"zeroshot_{name}_top1_lo"], out[f"zeroshot_{name}_top1_hi"] = (
                 t["top1"], t["top1_ci95_lo"], t["top1_ci95_hi"])
-    if captions and "CIDEr-D" in captions:
-        out["CIDEr-D"], out["CIDEr-D_lo"], out["CIDEr-D_hi"] = (
+    if captions and "CIDEr-D" in captions:  # prefixed: a key also in captions.json would get path-prefixed columns
+        out["captions_CIDEr-D"], out["captions_CIDEr-D_lo"], out["captions_CIDEr-D_hi"] = (
             captions["CIDEr-D"], captions.get("CIDEr-D_ci95_lo"), captions.get("CIDEr-D_ci95_hi"))
     return out

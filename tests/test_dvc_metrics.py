@@ -58,7 +58,7 @@ def test_dvc_exp_show_and_metrics_diff_open_with_the_headline_columns(tmp_path):
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     headline = {"image_to_text_R@1": 0.1, "image_to_text_R@1_lo": 0.05, "image_to_text_R@1_hi": 0.2,
-                "zeroshot_emoji_groups_top1": 0.3, "CIDEr-D": 0.12}
+                "zeroshot_emoji_groups_top1": 0.3, "captions_CIDEr-D": 0.12}
     files = {path: {"in": 5, "kept": 4, "rejected": 1} for path in COUNTERS}
     files.update({path: {f"detail_{k}": k} for k, path in enumerate(declared_metrics(DVC_YAML)[1:])})
     files["metrics/headline.json"] = headline

@@ -83,6 +83,7 @@ def scored(tiny_align, small_download, tmp_path_factory):
     retrieval, _, _ = run_evaluate(params, features, manifest, model)
     return {"params": params, "out": out, "stats": stats, "metrics": metrics, "confusion": confusion,
             "headline": headline(retrieval, metrics, None, params.evaluate.recall_k), "features": features,
+            "retrieval": retrieval,
             "manifest": manifest, "model": model}
 
 
@@ -181,11 +182,22 @@ def test_emoji_groups_parse_debians_file():
 
 @pytest.mark.slow
 def test_headline_is_flat_and_ordered_retrieval_then_zeroshot(scored):
+    from edge_glass.evaluate import headline
+
     h = scored["headline"]
     assert all(isinstance(v, (int, float)) for v in h.values())
     keys = list(h)
     assert keys[0].endswith("_R@1") and keys.index("zeroshot_folder_set_top1") > max(i for i, k in enumerate(keys) if "R@" in k)
     assert h["zeroshot_folder_set_top1"] == scored["metrics"]["folder_set"]["trained"]["top1"]
+    captions = {"CIDEr-D": 0.2, "CIDEr-D_ci95_lo": 0.1, "CIDEr-D_ci95_hi": 0.3, "BLEU-4": 0.0}
+    with_captions = headline(scored["retrieval"], scored["metrics"], captions, [1, 5, 10])
+    assert list(with_captions)[-3:] == ["captions_CIDEr-D", "captions_CIDEr-D_lo", "captions_CIDEr-D_hi"]
+
+    def flat(d, prefix=""):
+        return {k for key, v in d.items() for k in (flat(v, f"{prefix}{key}.") if isinstance(v, dict) else {prefix + key})}
+
+    # no key shared with another metrics file: DVC would prefix both columns with their paths
+    assert not set(with_captions) & (flat(scored["retrieval"]) | flat(scored["metrics"]) | set(captions))
 
 
 def test_stratified_bootstrap_keeps_every_class_count():
@@ -305,5 +317,5 @@ def test_the_evaluate_stage_writes_zeroshot_headline_and_confusion(tmp_path, sco
     zs = json.loads((tmp_path / "metrics" / "zeroshot.json").read_text())
     assert zs["folder_set"]["trained"] == scored["metrics"]["folder_set"]["trained"]
     head = json.loads((tmp_path / "metrics" / "headline.json").read_text())
-    assert head["zeroshot_folder_set_top1"] == zs["folder_set"]["trained"]["top1"] and "CIDEr-D" not in head
+    assert head["zeroshot_folder_set_top1"] == zs["folder_set"]["trained"]["top1"] and "captions_CIDEr-D" not in head
     assert pd.read_csv(tmp_path / "metrics" / "zeroshot_confusion.csv")["count"].sum() == 9
