@@ -8,7 +8,7 @@ from helpers.setup import copy_workspace, run
 
 def test_dvc_repro_then_noop(tiny_workspace, tmp_path):
     workspace, out = tiny_workspace  # a clone with tiny params after one `dvc repro` (conftest)
-    for stage in ("download", "preprocess", "align", "prepare_lm", "decode", "evaluate", "report"):
+    for stage in ("download", "preprocess", "zeroshot_features", "align", "prepare_lm", "decode", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out
     clone = copy_workspace(workspace, tmp_path / "clone")  # the steps below change params and outputs
     params = yaml.safe_load((clone / "params.yaml").read_text())
@@ -31,14 +31,15 @@ def test_dvc_repro_then_noop(tiny_workspace, tmp_path):
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     switched = run("dvc repro", clone)
     assert "Running stage 'decode'" in switched and "Running stage 'evaluate'" in switched
-    assert not any(f"Running stage '{s}'" in switched for s in ("download", "preprocess", "align", "prepare_lm"))
+    assert not any(f"Running stage '{s}'" in switched for s in ("download", "preprocess", "zeroshot_features", "align", "prepare_lm"))
     assert json.loads((clone / "data" / "decode" / "decode_summary.json").read_text())["kind"] == "lora_lm"
     params["align"]["perceiver"]["num_latents"] = 2
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     fourth = run("dvc repro", clone)
     assert all(f"Running stage '{s}'" in fourth for s in ("align", "decode", "evaluate"))
-    assert not any(f"Running stage '{s}'" in fourth for s in ("download", "preprocess", "prepare_lm"))
-    metric_files = ["metrics/download.json", "metrics/retrieval.json", "metrics/captions.json", "metrics/recall_by_dim.csv",
+    assert not any(f"Running stage '{s}'" in fourth for s in ("download", "preprocess", "zeroshot_features", "prepare_lm"))
+    metric_files = ["metrics/download.json", "metrics/headline.json", "metrics/retrieval.json", "metrics/zeroshot.json",
+                    "metrics/zeroshot_confusion.csv", "metrics/captions.json", "metrics/recall_by_dim.csv",
                     "dvclive/align/metrics.json", "dvclive/decode/metrics.json"]
     before = {f: (clone / f).read_text() for f in metric_files}
     forced = run("dvc repro --force", clone)

@@ -20,7 +20,7 @@ from edge_glass.params import compose
         ({"align": {"fusion": "sum"}}, "align.fusion", "'concat', 'cross_attention' or 'gated'"),
         ({"preprocess": {"shard_size": "big"}}, "preprocess.shard_size", "valid integer"),
         ({"preprocess": {"vision": {"bakend": "open_clip"}}}, "preprocess.vision.bakend", "unknown key"),
-        ({"download": {"sources": ["laion"]}}, "download.sources.0", "openmoji"),
+        ({"download": {"sources": ["laion"]}}, "download.sources[0]", "openmoji"),
         ({"download": {"split": {"train": 0.9, "val": 0.2, "test": 0.1}}}, "download.split", "sum to 1"),
         ({"align": {"mrl": {"weights": [1.0]}}}, "align.mrl", "weights has 1 entries"),
     ],
