@@ -31,6 +31,7 @@ def encoder_params(modality: str, preprocess):
 def build_encoder(modality: str, params):
     """The frozen encoder of ``modality`` on ``preprocess.device`` with ``preprocess.precision`` autocast."""
     import edge_glass.encoders.audio  # noqa: F401  (fill the registry)
+    import edge_glass.encoders.hf  # noqa: F401
     import edge_glass.encoders.text  # noqa: F401
     import edge_glass.encoders.vision  # noqa: F401
     from edge_glass.core.device import resolve_precision, stage_device
