@@ -68,14 +68,16 @@ def load_tower(modality: str, model: str, *, random_weights: bool = False) -> to
     return tower.eval().requires_grad_(False)
 
 
-def weight_hashes(modality: str, model: str, path: str, tower: torch.nn.Module) -> dict[str, str]:
+def weight_hashes(modality: str, model: str, path: str, tower: torch.nn.Module, random_weights: bool = False) -> dict[str, str]:
     """sha256 of a local folder's weight files, plus the loaded tower's tensors and architecture (every
-    source: a hub id has no file at hand, and only the tower that runs is hashed)."""
+    source: a hub id has no file at hand, and only the tower that runs is hashed). Random weights read
+    no weight file, and their tensors are cached apart from the pretrained ones."""
     folder = Path(path)
     files = {}
-    if folder.is_dir():
+    if folder.is_dir() and not random_weights:
         files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in WEIGHT_SUFFIXES}
-    return {**files, **module_hashes([tower], ("hf", modality, model, *source_stamp(path)))}
+    kind = "random" if random_weights else "pretrained"
+    return {**files, **module_hashes([tower], ("hf", modality, kind, model, *source_stamp(path)))}
 
 
 def _accepted(module: torch.nn.Module) -> set[str] | None:
@@ -198,9 +200,10 @@ class HFVision(HFEncoder):
             self.processor = transformers.AutoImageProcessor.from_pretrained(params.model)
         except (OSError, ValueError, KeyError) as exc:
             raise FileNotFoundError(f"preprocess.vision.model={params.model}: no image processor ({exc})") from None
-        tower = load_tower("image", params.model, random_weights=params.weights == "random")
+        random_weights = params.weights == "random"
+        tower = load_tower("image", params.model, random_weights=random_weights)
         self._setup(params, tower)
-        weights = weight_hashes("image", params.model, params.model, tower)
+        weights = weight_hashes("image", params.model, params.model, tower, random_weights)
         rng = np.random.default_rng(0)
         probe = [self.load(Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)))]
         name = params.model + ("" if params.weights == "pretrained" else "/random")

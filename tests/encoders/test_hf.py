@@ -177,6 +177,11 @@ def test_fingerprint_follows_the_weights(tmp_path):
     assert a.info.weights["model.safetensors"] != b.info.weights["model.safetensors"]
     assert a.info.weights["state_dict"] != b.info.weights["state_dict"]
     assert encoder_fingerprint(a, "float16") == encoder_fingerprint(again, "float16") != encoder_fingerprint(b, "float16")
+    random = [HFVision(VisionEncoderParams(backend="hf", model=str(folder), weights="random")) for _ in range(2)]
+    assert random[0].info.weights == random[1].info.weights  # seeded: the same architecture-only tower each run
+    assert "model.safetensors" not in random[0].info.weights  # reads no weight file
+    assert random[0].info.weights["state_dict"] != b.info.weights["state_dict"]  # not the cached pretrained hash
+    assert random[0].info.name.endswith("/random")
 
 
 def test_bad_pool_and_layer_name_the_key(models):
