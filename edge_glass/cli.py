@@ -61,6 +61,8 @@ def hub_uses(params: Params, stage: str | None = None) -> list[str]:
     if want("preprocess"):
         if "image" in p.modalities and p.vision.backend == "open_clip" and p.vision.open_clip_pretrained:
             uses.append(f"preprocess.vision.open_clip_pretrained={p.vision.open_clip_pretrained}")
+        if "image" in p.modalities and p.vision.backend == "hf" and _remote(p.vision.model, set()):
+            uses.append(f"preprocess.vision.model={p.vision.model}")  # a hub id (a local folder needs no hub)
         if "audio" in p.modalities and _remote(p.audio.model, PACKAGED_AUDIO):
             uses.append(f"preprocess.audio.model={p.audio.model}")
     if want("preprocess", "evaluate") and _remote(p.text.model, PACKAGED_TEXT):

@@ -20,6 +20,8 @@ from edge_glass.params import compose
         ({"align": {"fusion": "sum"}}, "align.fusion", "'concat', 'cross_attention' or 'gated'"),
         ({"preprocess": {"shard_size": "big"}}, "preprocess.shard_size", "valid integer"),
         ({"preprocess": {"vision": {"bakend": "open_clip"}}}, "preprocess.vision.bakend", "unknown key"),
+        ({"preprocess": {"vision": {"pool": "max"}}}, "preprocess.vision.pool", "'model' or 'mean'"),
+        ({"preprocess": {"audio": {"layer": 1.5}}}, "preprocess.audio.layer", "valid integer"),
         ({"download": {"sources": ["laion"]}}, "download.sources.0", "openmoji"),
         ({"download": {"split": {"train": 0.9, "val": 0.2, "test": 0.1}}}, "download.split", "sum to 1"),
         ({"align": {"mrl": {"weights": [1.0]}}}, "align.mrl", "weights has 1 entries"),
@@ -88,6 +90,7 @@ def test_encoder_and_decoder_registries_match_the_params_schema():
     import edge_glass.decoders.lora_lm  # noqa: F401  (fill the registries)
     import edge_glass.decoders.trm  # noqa: F401
     import edge_glass.encoders.audio  # noqa: F401
+    import edge_glass.encoders.hf  # noqa: F401
     import edge_glass.encoders.text  # noqa: F401
     import edge_glass.encoders.vision  # noqa: F401
     from edge_glass.config.decode import DecodeParams
