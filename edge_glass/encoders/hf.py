@@ -315,7 +315,7 @@ class HFText(HFEncoder):
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         tower = load_tower("text", path)
         self._setup(params, tower)
-        self.max_length = params.max_length
+        self.max_length = self.max_tokens = params.max_length  # longer texts are truncated (the API warns)
         weights = weight_hashes("text", params.model, path, tower)
         self._describe(params.model, weights, ["a probe caption"],
                        {"max_length": self.max_length, "tokenizer": self._tokenizer_hash()})
@@ -328,6 +328,9 @@ class HFText(HFEncoder):
 
     def loader(self):
         return str  # captions need no decoding
+
+    def token_count(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
 
     @torch.inference_mode()
     def forward(self, batch):

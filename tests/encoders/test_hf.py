@@ -118,6 +118,8 @@ def test_layer_picks_that_hidden_state(models):
     enc = text.tokenizer(["a red apple"], return_tensors="pt")
     ref = AutoModel.from_pretrained(models["text"])(**enc, output_hidden_states=True).hidden_states
     assert torch.allclose(tokens[0], ref[-2][0], atol=1e-5)
+    assert text.token_count("a red apple") == enc["input_ids"].shape[1]  # what the API's truncation warning counts
+    assert text.token_count("word " * 100) > text.max_tokens == 64 and len(text.forward(["word " * 100])[0][0]) == 64
     default = HFText(TextEncoderParams(backend="hf", model=models["text"]))  # layer null: the model's output
     assert torch.allclose(default.forward(["a red apple"])[0][0], ref[-1][0], atol=1e-5)
 
