@@ -258,17 +258,19 @@ def _card_licence(data: list[dict], licences: list[str]) -> dict:
 
 
 def _encoder_rows(align: dict) -> list[dict]:
+    """One row per frozen encoder the align model was trained on: its record (``encoders``, as preprocess wrote
+    it) and the ``preprocess`` section that rebuilds it (backend, model), both kept in align/model.json."""
     rows = []
     for modality, enc in sorted((align.get("encoders") or {}).items()):
-        if not isinstance(enc, dict):
-            continue
-        name = str(enc.get("name") or enc.get("model") or "?")
-        model = str(enc.get("model") or name)
+        section = (align.get("preprocess") or {}).get({"image": "vision"}.get(modality, modality)) or {}
+        name = str(enc.get("name", "?"))
+        backend = str(section.get("backend") or name.split(":", 1)[0])
+        model = str(section.get("model") or (f"{section.get('open_clip_model')}/{section.get('open_clip_pretrained')}"
+                                             if backend == "open_clip" else name))
+        licence = model_licence(name) or model_licence(model)
         weights = enc.get("weights") or {}
-        digest = weights.get("state_dict") if isinstance(weights, dict) else weights
-        licence = model_licence(model) or model_licence(name)
-        rows.append({"modality": modality, "backend": str(enc.get("backend", name.split(":", 1)[0])), "model": model,
-                     "weights": str(digest or enc.get("sha256") or "not recorded")[:16], "known": licence is not None,
+        rows.append({"modality": modality, "backend": backend, "model": model, "known": licence is not None,
+                     "weights": str(weights.get("state_dict", "not recorded"))[:16],
                      "licence": licence or "not a packaged model: see its own model card"})
     return rows
 
