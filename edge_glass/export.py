@@ -28,7 +28,8 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from edge_glass.core.errors import OutputError, exit_code
+from edge_glass.config import load_params
+from edge_glass.core.errors import OutputError, ParamsError, exit_code
 from edge_glass.core.hub import PACKAGED_LMS, model_licence
 
 FORMAT = "edge_glass.model/1"
@@ -59,13 +60,18 @@ def check_workspace(workspace: Path) -> None:
                                 "(the export reads the trained model, its metrics and params.yaml)")
 
 
+def workspace_params(workspace: Path) -> dict:
+    """The workspace's params.yaml, validated (a bad key stops with exit 2 naming it), every default filled."""
+    return load_params(workspace / "params.yaml").model_dump(mode="json")
+
+
 def _tree(folder: Path, prefix: str) -> dict[str, Path]:
     return {f"{prefix}/{p.relative_to(folder).as_posix()}": p for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def model_files(workspace: Path) -> dict[str, Path]:
     """Exported relative path -> workspace file: the align model, the kept decoder and the packaged LM folder."""
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params = workspace_params(workspace)
     files = {"align/model.safetensors": workspace / MODEL_INPUTS[0], "align/model.json": workspace / MODEL_INPUTS[1]}
     decoder = workspace / "data" / "decode" / "model"
     if not (decoder / "decoder.json").is_file():
@@ -93,7 +99,7 @@ def _weights_sha256(folder: Path) -> str:
 
 def model_config(workspace: Path) -> dict:
     """config.json without ``files``: format, version, the align model's record, the decoder's, the LM reference."""
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params = workspace_params(workspace)
     lm = params["decode"]["lm"]["model"]
     copied = lm in PACKAGED_LMS or Path(lm).is_dir()
     folder = workspace / "data" / "lm" if lm in PACKAGED_LMS else Path(lm)
@@ -314,7 +320,7 @@ def _model_index(title: str, split_name: str, retrieval: dict, captions: dict) -
 
 def model_card(workspace: Path, config: dict, title: str) -> str:
     """The model card (Hugging Face format: YAML front matter, then markdown) from the workspace's outputs."""
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params = workspace_params(workspace)
     retrieval, captions = _read_json(workspace / CARD_INPUTS[3]), _read_json(workspace / CARD_INPUTS[4])
     zeroshot = _read_json(workspace / "metrics/zeroshot.json") if (workspace / "metrics/zeroshot.json").is_file() else None
     data = data_sources(workspace)
@@ -487,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         code = exit_code(exc)  # core.errors.EXIT_CODES: known faults give one line; anything else is a bug
         if code is None:
             raise
-        print(f"[export] error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"[export] invalid params:\n{exc}" if isinstance(exc, ParamsError) else
+              f"[export] error: {' '.join(str(exc).split())}", file=sys.stderr)
         return code
     return 0
 
