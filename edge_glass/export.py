@@ -23,16 +23,15 @@ import json
 import os
 import shutil
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
 
 import yaml
 
+from edge_glass import api
 from edge_glass.config import load_params
 from edge_glass.core.errors import OutputError, ParamsError, exit_code
-from edge_glass.core.hub import PACKAGED_LMS, model_licence
+from edge_glass.core.hub import model_licence
 
-FORMAT = "edge_glass.model/1"
 # the dvc repro outputs an export reads besides the model files: the card's data, metrics and params
 CARD_INPUTS = ("params.yaml", "data/download/manifest.parquet", "metrics/download.json", "metrics/retrieval.json",
                "metrics/captions.json")
@@ -42,14 +41,7 @@ ARROW = {"image_to_text": "image→text", "text_to_image": "text→image", "audi
          "text_to_audio": "text→audio", "fused_to_text": "fused(image+audio)→text", "text_to_fused": "text→fused"}
 
 
-def package_version() -> str:
-    try:
-        return version("edge_glass")
-    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
-        return "0+unknown"
-
-
-# -- what the model is made of (the workspace side) ------------------------------------------------------------
+# -- what the model is made of (the workspace side: edge_glass.api decides what a model is) ---------------------
 
 
 def check_workspace(workspace: Path) -> None:
@@ -69,48 +61,17 @@ def _tree(folder: Path, prefix: str) -> dict[str, Path]:
     return {f"{prefix}/{p.relative_to(folder).as_posix()}": p for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def model_files(workspace: Path) -> dict[str, Path]:
-    """Exported relative path -> workspace file: the align model, the kept decoder and the packaged LM folder."""
-    params = workspace_params(workspace)
-    files = {"align/model.safetensors": workspace / MODEL_INPUTS[0], "align/model.json": workspace / MODEL_INPUTS[1]}
-    decoder = workspace / "data" / "decode" / "model"
-    if not (decoder / "decoder.json").is_file():
-        raise FileNotFoundError(f"{workspace}: missing data/decode/model/decoder.json: run `dvc repro` first")
-    files.update(_tree(decoder, "decoder"))
-    lm = params["decode"]["lm"]["model"]
-    if lm in PACKAGED_LMS or Path(lm).is_dir():  # a packaged LM's prepared folder, or a local one: copied
-        folder = workspace / "data" / "lm" if lm in PACKAGED_LMS else Path(lm)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder}: no prepared LM (config.json): run `dvc repro` first")
-        files.update(_tree(folder, "lm"))
+def export_files(workspace: Path) -> dict[str, Path]:
+    """Exported relative path -> file on this machine, every file: what ``api.model_files`` names, its
+    folders (the decoder, the LM when it travels with the model) expanded."""
+    files = {}
+    for name, src in api.model_files(workspace).items():
+        if name == "decoder" and src is None:
+            raise FileNotFoundError(f"{workspace}: missing data/decode/model/decoder.json (the decode stage's kept "
+                                    "model): run `dvc repro` first")
+        if src is not None:
+            files.update(_tree(src, name) if src.is_dir() else {name: src})
     return files
-
-
-def _weights_sha256(folder: Path) -> str:
-    """One hash of an LM folder's weights (its safetensors files in name order)."""
-    h = hashlib.sha256()
-    for p in sorted(folder.glob("*.safetensors")):
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
-
-
-def model_config(workspace: Path) -> dict:
-    """config.json without ``files``: format, version, the align model's record, the decoder's, the LM reference."""
-    params = workspace_params(workspace)
-    lm = params["decode"]["lm"]["model"]
-    copied = lm in PACKAGED_LMS or Path(lm).is_dir()
-    folder = workspace / "data" / "lm" if lm in PACKAGED_LMS else Path(lm)
-    decoder = workspace / "data" / "decode" / "model" / "decoder.json"
-    return {
-        "format": FORMAT, "edge_glass_version": package_version(),
-        "align": json.loads((workspace / MODEL_INPUTS[1]).read_text()),
-        "decode": json.loads(decoder.read_text()) if decoder.is_file() else None,
-        "lm": {"name": lm if not Path(lm).is_dir() else Path(lm).name,
-               "sha256": _weights_sha256(folder) if copied else None, "folder": "lm" if copied else None},
-    }
 
 
 # -- writing the folder -----------------------------------------------------------------------------------------
@@ -173,8 +134,8 @@ def export_model(workspace: str | Path, out: str | Path, force: bool = False, ti
     """Write the model of ``workspace`` into ``out`` (see the module doc); return the written config.json."""
     workspace, out = Path(workspace).resolve(), Path(out).resolve()
     check_workspace(workspace)
-    files = {_safe_relpath(name).as_posix(): Path(src) for name, src in model_files(workspace).items()}
-    config = model_config(workspace)
+    files = {_safe_relpath(name).as_posix(): Path(src) for name, src in export_files(workspace).items()}
+    config = api.model_config(workspace)
     _refuse_target(out, workspace, list(files.values()), force)
     tmp = out.with_name(out.name + ".tmp")  # ours: a stale one is a killed export's
     try:
@@ -327,7 +288,8 @@ def model_card(workspace: Path, config: dict, title: str) -> str:
     align_record = config["align"]
     a = align_record.get("align", {})
     encoders = _encoder_rows(align_record)
-    lm, decode = config["lm"], params.get("decode", {})
+    lm, decode = config["lm"], params["decode"]  # decode: the training recipe; config["decode"]: the kept decoder
+    kept = config["decode"]
     lm_licence = model_licence(lm["name"])
     modalities = {e["modality"] for e in encoders} or set(params.get("preprocess", {}).get("modalities", []))
     split_name = f"edge_glass {retrieval.get('split', 'test')} split ({', '.join(d['source'] for d in data)})"
@@ -360,9 +322,15 @@ def model_card(workspace: Path, config: dict, title: str) -> str:
         out.append("| – | – | not recorded in align/model.json | – | – |")
     out += ["", "### Alignment (`align/`)", "", *_architecture(a), "",
             "### Caption decoder (`decoder/`)", "",
-            f"- kind: `{decode.get('kind')}`" + (f", LoRA r={decode.get('lm', {}).get('lora', {}).get('r')} on the base LM"
-                                                if decode.get("kind") == "lora_lm" else
-                                                " (a tiny recursive decoder over the LM tokenizer's caption vocabulary)"),
+            f"- kind: `{kept['kind']}`" + (f": a LoRA adapter (r={kept['lm']['lora']['r']}, on "
+                                          f"{', '.join(kept['lm']['lora']['target_modules'])}; peft's format in "
+                                          "`decoder/adapter/`) and a projector from the aligned latents to "
+                                          f"{kept['prefix_tokens']} prefix tokens of the base LM"
+                                          if kept["kind"] == "lora_lm" else
+                                          ": a tiny recursive decoder over the base LM tokenizer's caption vocabulary "
+                                          "(`decoder/vocab.json`)"),
+            f"- generation: {kept['generate']['strategy']}, at most {kept['generate']['max_new_tokens']} new tokens "
+            "(`caption(..., num_beams=...)` overrides)",
             f"- base LM: `{lm['name']}`, licence {lm_licence or 'see its own model card'}; "
             + (f"copied into `lm/` (weights sha256 `{(lm.get('sha256') or '')[:16]}`)" if lm.get("folder")
                else f"a hub reference (weights sha256 `{(lm.get('sha256') or 'not recorded')[:16]}`), downloaded on load"),
@@ -462,7 +430,7 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                                 commit_message=f"edge_glass {package_version()} export")
+                                 commit_message=f"edge_glass {api.edge_glass_version()} export")
     except Exception as exc:  # the hub client raises many types (network, HTTP, validation): all one line here
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OutputError(f"--push-to-hub {repo_id}: {type(exc).__name__}: {reason} "

@@ -5,7 +5,6 @@ data/align, data/lm, data/decode with the kept decoder, metrics/): the small rea
 the tiny align model, the packaged LM converted once, a decoder trained for two steps by the decode stage's
 own function, and the repository's committed metrics files (the card reads their format, not their values'
 provenance).
-The checks that load the folder need ``edge_glass.load`` and the decode stage's kept model (branch h20a).
 """
 
 from __future__ import annotations
@@ -88,12 +87,13 @@ def test_folder_layout_and_file_hashes(exported, workspace):
     assert set(config["files"]) == on_disk - {"config.json"}  # every file written is listed, and nothing else
     for name, digest in config["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
-    assert {"align/model.safetensors", "align/model.json", "decoder/decoder.json", "lm/config.json",
-            "README.md"} <= on_disk
+    assert {"align/model.safetensors", "align/model.json", "decoder/decoder.json", "decoder/projector.safetensors",
+            "decoder/adapter/adapter_model.safetensors", "lm/config.json", "lm/model.safetensors", "README.md"} <= on_disk
     assert (out / "align/model.safetensors").read_bytes() == (workspace / "data/align/model.safetensors").read_bytes()
     assert json.loads((out / "config.json").read_text()) == config
     assert config["align"] == json.loads((workspace / "data/align/model.json").read_text())
-    assert config["lm"]["folder"] == "lm" and len(config["lm"]["sha256"]) == 64
+    assert config["lm"]["folder"] == "lm" and config["lm"]["sha256"] == config["files"]["lm/model.safetensors"]
+    assert config["decode"]["kind"] == "lora_lm"
     # self-contained: no path of the workspace or of this machine's temp folders in what a loader reads
     for name in ("config.json", "README.md", "align/model.json", "decoder/decoder.json"):
         assert str(workspace) not in (out / name).read_text() and "/tmp/" not in (out / name).read_text(), name
@@ -107,21 +107,20 @@ def test_export_loads_after_a_move_with_the_workspace_embeddings(exported, works
 
     out, _, _ = exported
     moved = tmp_path / "elsewhere" / "model"
-    shutil.copytree(out, moved)  # a copy elsewhere: the module's folder stays for the other tests
+    shutil.copytree(out, moved, copy_function=os.link)  # elsewhere; the module's folder stays for the other tests
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     audio = (0.1 * np.sin(np.linspace(0, 2000, 16000))).astype(np.float32)
     texts = ["a red apple", "a smiling face with sunglasses"]
     a, b = edge_glass.load(workspace), edge_glass.load(moved)
-    for embed, inputs in ((lambda m, x, **k: m.embed_texts(x, **k), texts),
-                          (lambda m, x, **k: m.embed_images(x, **k), [image]),
-                          (lambda m, x, **k: m.embed_audio(x, **k), [audio])):
-        for dim in (None, 12):
-            kw = {} if dim is None else {"dim": dim}
-            ea, eb = embed(a, inputs, **kw), embed(b, inputs, **kw)
-            assert ea.dtype == np.float32 and ea.shape == eb.shape
+    for embed in (lambda m, **k: m.embed_texts(texts, **k), lambda m, **k: m.embed_images([image], **k),
+                  lambda m, **k: m.embed_audio([audio], sample_rate=16000, **k),
+                  lambda m, **k: m.embed_fused([image], [audio], sample_rate=16000, **k)):
+        for kw in ({}, {"dim": 12}):
+            ea, eb = embed(a, **kw), embed(b, **kw)
+            assert ea.dtype == np.float32 and ea.shape == eb.shape and ea.shape[1] == kw.get("dim", 24)
             np.testing.assert_allclose(ea, eb, atol=1e-6)
-    assert a.caption(images=[image]) == b.caption(images=[image])
+    assert a.caption(images=[image], max_new_tokens=4) == b.caption(images=[image], max_new_tokens=4)
 
 
 def test_model_card_parses_and_names_licences_and_intervals(exported, workspace):
@@ -147,11 +146,14 @@ def test_model_card_parses_and_names_licences_and_intervals(exported, workspace)
     for licence in ("CC-BY-SA-4.0", "CC-BY-SA-3.0", "All emojis designed by OpenMoji", "Apache-2.0", "MIT (OpenAI"):
         assert licence in text, licence
     assert "SmolLM2-135M-Instruct: Apache-2.0" in text
+    assert "| audio | whisper | whisper-tiny.en |" in text and "| text | sentence_transformers | all-MiniLM-L6-v2 |" in text
+    assert "| image | efficientnet_lite0 |" in text
     assert "num_latents: 4" in text and "kind: lora_lm" in text and "Not for production" in text
 
 
 def test_zeroshot_metrics_join_the_card_when_present(workspace, tmp_path):
-    from edge_glass.export import model_card, model_config
+    from edge_glass.api import model_config
+    from edge_glass.export import model_card
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -255,3 +257,14 @@ def test_a_malformed_repo_id_is_refused_first(tmp_path):
     line = _one_line_error(_run("--workspace", tmp_path, "--out", tmp_path / "m", "--push-to-hub", "not a repo id!",
                                 HF_HUB_OFFLINE="0", HF_TOKEN="hf_x"))
     assert "not a repo id" in line
+
+
+def test_a_folder_missing_a_file_names_it(exported, tmp_path):
+    import edge_glass
+
+    out, _, _ = exported
+    broken = tmp_path / "model"
+    shutil.copytree(out, broken, copy_function=os.link)
+    (broken / "decoder" / "projector.safetensors").unlink()
+    with pytest.raises(edge_glass.ModelError, match="decoder/projector.safetensors"):
+        edge_glass.load(broken)
