@@ -36,6 +36,7 @@ from edge_glass.core.hub import model_licence
 CARD_INPUTS = ("params.yaml", "data/download/manifest.parquet", "metrics/download.json", "metrics/retrieval.json",
                "metrics/captions.json")
 MODEL_INPUTS = ("data/align/model.safetensors", "data/align/model.json")
+DEFAULT_SOURCES = {"openmoji", "asterisk"}  # the packaged offline data (download.sources default)
 DIRECTIONS = ("image_to_text", "text_to_image", "audio_to_text", "text_to_audio", "fused_to_text", "text_to_fused")
 ARROW = {"image_to_text": "image→text", "text_to_image": "text→image", "audio_to_text": "audio→text",
          "text_to_audio": "text→audio", "fused_to_text": "fused(image+audio)→text", "text_to_fused": "text→fused"}
@@ -388,10 +389,13 @@ def model_card(workspace: Path, config: dict, title: str) -> str:
             "- A research and teaching model: for trying cross-modal retrieval, Matryoshka truncation and "
             "captioning end to end, and as a baseline to compare changes against with intervals. **Not for "
             "production** and not for decisions about people.",
-            "- The offline default trains on a tiny data set: OpenMoji emoji (rendered glyphs, captions from their "
+            "- Trained on the tiny offline default data: OpenMoji emoji (rendered glyphs, captions from their "
             "names, spoken by espeak-ng) and Asterisk spoken prompts. It knows emoji-like pictures and short "
             "spoken sentences, not photographs or everyday sounds; every audio clip is a caption spoken aloud, so "
-            "audio→text scores are partly speech recognition, not audio understanding.",
+            "audio→text scores are partly speech recognition, not audio understanding."
+            if {d["source"] for d in data} <= DEFAULT_SOURCES else
+            f"- Trained on {', '.join(d['source'] for d in data)} ({sum(t['items'] for d in data for t in d['terms'])} "
+            "items): it knows what these data show and little else; the metrics above are on their test split only.",
             "- Captions from the small decoder are fluent but often name the wrong objects; compare caption "
             "metrics only with their intervals and seed spread.",
             "- Inputs go through the same checks and normalisation as the pipeline's download and preprocess "
