@@ -69,7 +69,11 @@ def list_folder(root: str | Path, modality: str = "auto") -> Listing:
         raise DataError(f"gallery source is not a folder: {root}")
     real_root = root_path.resolve()
     listing = Listing(real_root, f"folder {real_root}")
-    for dirpath, dirnames, filenames in os.walk(real_root, followlinks=False):
+    def unreadable(exc: OSError) -> None:  # a folder that cannot be listed: its files are unknown, say so
+        rel = Path(exc.filename).relative_to(real_root).as_posix() if exc.filename else "?"
+        listing.entries.append(Entry(rel, "", rel, reject=f"unreadable folder (not listed): {rel}: {exc.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(real_root, onerror=unreadable, followlinks=False):
         here = Path(dirpath)
         for d in list(dirnames):
             link = here / d
