@@ -23,6 +23,7 @@ from edge_glass.decoders.base import CaptionDecoder
 from edge_glass.decoders.conditioning import Conditioning, aligned_conditioning
 from edge_glass.decoders.generate import generate
 from edge_glass.decoders.registry import build_decoder as registry_build
+from edge_glass.decoders.saved import save_decoder
 from edge_glass.features.dataset import FeatureSplit, global_batch
 from edge_glass.models.aligner import load_model
 from edge_glass.train.loop import run_loop, set_lr
@@ -95,8 +96,9 @@ def train_decoder(params: Params, decoder: CaptionDecoder, data: FeatureSplit, c
 
 def run_decode(params: Params, features_dir: str | Path, manifest: str | Path, align_dir: str | Path,
                lm_dir: str | Path, out_dir: str | Path, live_dir: str | Path | None = None) -> dict:
-    """Train (or resume) the decoder, then write captions for ``decode.split`` (= ``evaluate.split``, checked by
-    the params) to ``captions.parquet`` (columns item_id, split, generated, references)."""
+    """Train (or resume) the decoder, save it to ``model/`` (``decoders/saved.py``), then write captions for
+    ``decode.split`` (= ``evaluate.split``, checked by the params) to ``captions.parquet`` (columns item_id,
+    split, generated, references)."""
     dc = params.decode
     if dc.train.num_threads:
         torch.set_num_threads(dc.train.num_threads)
@@ -114,6 +116,8 @@ def run_decode(params: Params, features_dir: str | Path, manifest: str | Path, a
     log.info("%s decoder: %s trainable of %s parameters", dc.kind, f"{counts['trainable']:,}", f"{counts['total']:,}")
     summary = train_decoder(params, decoder, train_data, train_cond, out_dir, decode_fingerprint(params, align_dir, lm_dir),
                             live_dir)
+    # the trained decoder is an output (data/decode/model): edge_glass.load(...).caption and export read it
+    save_decoder(out_dir / "model", decoder, params, train_cond.latents.shape[-1], train_cond.embedding.shape[-1], lm_dir)
     t0 = time.perf_counter()
     with autocast(device, resolve_precision(dc.precision, device)):
         captions = generate(decoder, eval_cond, dc.generate, seed=params.decode_seed)

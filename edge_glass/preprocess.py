@@ -31,6 +31,7 @@ from edge_glass.data.manifest import media_ref, read_manifest
 from edge_glass.encoders.base import FrozenEncoder
 from edge_glass.encoders.registry import build_encoder
 from edge_glass.features.store import (
+    DTYPES,
     plan_shards,
     read_offsets,
     remove_stale,
@@ -41,9 +42,6 @@ from edge_glass.features.store import (
 )
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float16": torch.float16, "float32": torch.float32}
-
 
 @dataclass
 class WorkItem:

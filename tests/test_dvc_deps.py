@@ -79,7 +79,7 @@ def test_stage_deps_cover_every_project_module_it_loads(stage):
 
 def test_the_check_sees_lazy_imports_and_folders(tmp_path):
     """The closure finds an import made inside a function, and a folder dep covers the files below it."""
-    lazy = imported_names(REPO / "edge_glass" / "encoders" / "registry.py")  # imports the encoders inside build_encoder
+    lazy = imported_names(REPO / "edge_glass" / "encoders" / "registry.py")  # imports the encoders inside place_encoder
     assert "edge_glass.encoders.audio" in lazy
     files = {REPO / "edge_glass" / "encoders" / "audio.py", REPO / "edge_glass" / "data" / "media.py"}
     assert uncovered(files, ["edge_glass/encoders", "edge_glass/data/media.py"]) == []

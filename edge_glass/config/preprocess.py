@@ -9,6 +9,9 @@ from pydantic import Field
 from edge_glass.config.base import DeviceSpec, Precision, Strict
 
 
+SECTIONS = {"image": "vision", "audio": "audio", "text": "text"}  # modality -> its encoder's params section
+
+
 class VisionEncoderParams(Strict):
     backend: Literal["efficientnet_lite0", "open_clip"] = "efficientnet_lite0"  # registry ENCODERS
     weights: Literal["pretrained", "random"] = "pretrained"  # random: architecture only (smoke tests, throughput)

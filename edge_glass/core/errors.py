@@ -23,6 +23,12 @@ class OutputError(OSError):
     """An output could not be written (disk full, read-only, missing permission)."""
 
 
+class ModelError(ValueError):
+    """A trained model cannot be loaded as asked: a file missing from its folder, another format version,
+    encoder or LM weights other than those it was trained with. The message names what is missing or
+    different."""
+
+
 # exit codes: 0 done, 1 a bug (a traceback), and these for the faults a user can fix (one line, no traceback)
 EXIT_PARAMS = 2  # a params value is unknown, of the wrong type or out of range
 EXIT_DATA = 3  # an input or output cannot be used: data, a file, a missing optional package
@@ -32,6 +38,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     ParamsError: EXIT_PARAMS,
     DataError: EXIT_DATA,
     OutputError: EXIT_DATA,
+    ModelError: EXIT_DATA,
     FileNotFoundError: EXIT_DATA,
     ImportError: EXIT_DATA,
 }

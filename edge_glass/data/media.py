@@ -19,6 +19,7 @@ import soundfile as sf
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.signal import resample_poly
 
+from edge_glass.config.download import AudioCheckParams, ImageParams
 from edge_glass.core.errors import MediaError
 
 # our header check in decode_image replaces Pillow's global guard (which raises only above 2x its limit
@@ -252,3 +253,59 @@ def normalise_image(data: bytes, *, short_side: int, max_pixels: int, fmt: str =
         return buf.getvalue(), "jpg"
     img.save(buf, "PNG")
     return buf.getvalue(), "png"
+
+
+def normalised_image(data: bytes, p: ImageParams) -> tuple[bytes, str]:
+    """Normalised image (bounded size, RGB, PNG or JPEG) and its extension under ``download.image``, or
+    MediaError: what download stores for every source and what the API feeds the encoder for a new file."""
+    return normalise_image(data, short_side=p.short_side, max_pixels=p.max_pixels, fmt=p.format,
+                           jpeg_quality=p.jpeg_quality)
+
+
+def normalised_audio(data: bytes | np.ndarray, p: AudioCheckParams, sample_rate: int | None = None) -> tuple[bytes, str, float]:
+    """Normalised audio (mono, ``download.audio.sample_rate``, 16-bit FLAC/WAV), its extension and
+    duration, or MediaError. ``data``: encoded file bytes, or a float array at ``sample_rate``
+    ((samples,) or (channels, samples)). Download stores these bytes; the API encodes them.
+
+    The duration and decoded size limits are checked on the file's header before it is decoded
+    (an hour of audio is refused in microseconds, not decoded in every worker first)."""
+    if isinstance(data, np.ndarray):  # decoded already (a hub dataset, an API caller): checked before resampling
+        if sample_rate is None:
+            raise MediaError("audio given as an array needs its sample_rate")
+        check_audio_header(data.shape[-1], int(sample_rate), data.shape[0] if data.ndim == 2 else 1,
+                           p.max_duration_s, p.max_decoded_mb)
+        wav = resample(data.astype(np.float32).mean(axis=0) if data.ndim == 2 else data.astype(np.float32),
+                       int(sample_rate), p.sample_rate)
+    else:
+        wav = load_audio(data, p.sample_rate, max_duration_s=p.max_duration_s, max_decoded_mb=p.max_decoded_mb)
+    duration = check_audio(wav, p.sample_rate, p.min_duration_s, p.max_duration_s, p.silence_dbfs)
+    return encode_audio(wav, p.sample_rate, p.format), p.format, duration
+
+
+def read_media_file(path: Path, root: Path | None, max_bytes: int) -> bytes:
+    """Bytes of a media file named by a user (an annotation, a gallery folder, an API call), or MediaError.
+
+    With ``root``, ``path`` must resolve (symlinks followed) to a file under it: ``../`` and links out of
+    the root are refused; absolute paths are fine when they lie under the root. Files larger than
+    ``max_bytes`` (``download.max_file_mb``) are refused before they are read.
+    """
+    path = Path(path)
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # symlink loops
+        raise MediaError(f"cannot resolve path {path}: {exc}") from None
+    if root is not None and not real.is_relative_to(root):
+        raise MediaError(f"path escapes media_root: {path} resolves to {real}, outside {root}")
+    try:
+        size = real.stat().st_size
+        if not real.is_file():
+            raise MediaError(f"not a file: {path}")
+        if size == 0:
+            raise MediaError(f"empty file (0 bytes): {path}")
+        if size > max_bytes:
+            raise MediaError(f"file too large: {size / 2**20:.0f} MiB > download.max_file_mb={max_bytes // 2**20}: {path}")
+        return real.read_bytes()
+    except FileNotFoundError:
+        raise MediaError(f"missing file: {path}") from None
+    except PermissionError:
+        raise MediaError(f"unreadable file (permission denied): {path}") from None

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from edge_glass.features.dataset import MEDIA, FeatureSplit
+from edge_glass.features.dataset import MEDIA, Batch, FeatureSplit
 from edge_glass.models.aligner import AlignModel
 
 
@@ -41,24 +41,31 @@ def pool_latents(latents: torch.Tensor, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def aligned_conditioning(model: AlignModel, data: FeatureSplit, prefix_tokens: int, batch_size: int = 256) -> Conditioning:
-    """Run the frozen align model once over ``data``: fused latents where an item has image and audio,
-    else the latents of the medium it has; the embedding of the same (fused or single) branch."""
+    """Run the frozen align model once over ``data`` (:func:`batch_conditioning` per batch)."""
     model.eval()
     device = next(model.parameters()).device
+    parts = [batch_conditioning(model, data.batch(list(range(start, min(start + batch_size, len(data))))).to(device),
+                                prefix_tokens)
+             for start in range(0, len(data), batch_size)]
+    return Conditioning(torch.cat([c.latents for c in parts]), torch.cat([c.embedding for c in parts]))
+
+
+@torch.no_grad()
+def batch_conditioning(model: AlignModel, batch: Batch, prefix_tokens: int) -> Conditioning:
+    """Conditioning of one batch (on the model's device): fused latents where an item has image and
+    audio, else the latents of the medium it has; the embedding of the same (fused or single) branch.
+    The decode stage (cached features) and ``edge_glass.load(...).caption`` (new files) both call it."""
+    out = model(batch)
+    lat = {m: model.latents(m, batch.tokens[m], batch.masks[m]) for m in model.media}
+    fused = model.fusion(lat["image"], lat["audio"]) if model.has_fusion else None
+    present = {m: batch.present[m].tolist() for m in model.media}  # one device sync per batch
     latents, embeddings = [], []
-    for start in range(0, len(data), batch_size):
-        idx = list(range(start, min(start + batch_size, len(data))))
-        batch = data.batch(idx).to(device)
-        out = model(batch)
-        lat = {m: model.latents(m, batch.tokens[m], batch.masks[m]) for m in model.media}
-        fused = model.fusion(lat["image"], lat["audio"]) if model.has_fusion else None
-        present = {m: batch.present[m].tolist() for m in model.media}  # one device sync per batch
-        for j in range(len(idx)):
-            have = [m for m in MEDIA if m in model.media and present[m][j]]
-            branch = "fused" if fused is not None and len(have) == 2 else have[0]
-            tokens = fused[j] if branch == "fused" else lat[branch][j]
-            latents.append(pool_latents(tokens[None], prefix_tokens)[0])
-            embeddings.append(out[branch][0][j])
+    for j in range(len(batch.text)):
+        have = [m for m in MEDIA if m in model.media and present[m][j]]
+        branch = "fused" if fused is not None and len(have) == 2 else have[0]
+        tokens = fused[j] if branch == "fused" else lat[branch][j]
+        latents.append(pool_latents(tokens[None], prefix_tokens)[0])
+        embeddings.append(out[branch][0][j])
     return Conditioning(torch.stack(latents), torch.stack(embeddings))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -97,3 +98,25 @@ def load_lm(params: LMParams, prepared_dir: str | Path, device: torch.device | s
     if params.quantization == "none":
         model = model.to(device)
     return model, tokenizer
+
+
+def lm_reference(name: str, prepared_dir: str | Path) -> dict:
+    """What a saved decoder records about its base LM: the ``decode.lm.model`` name and, where the weights
+    are a folder at hand (the prepare_lm output, a local folder), ``sha256`` of its weights (the one
+    safetensors file's own hash, or one hash over several files' ``name:sha256`` lines), the tokenizer's
+    hash and the packaged source's (``edge_glass.json``). A hub id has no folder: its hashes are None and
+    the name is the reference."""
+    ref = {"name": name, "packaged": name in PACKAGED_LMS, "sha256": None, "tokenizer_sha256": None, "source_sha256": None}
+    folder = Path(resolve_lm(name, prepared_dir))
+    if not folder.is_dir():
+        return ref
+    weights = sorted(folder.glob("*.safetensors"))
+    if len(weights) == 1:
+        ref["sha256"] = sha256_file(weights[0])
+    elif weights:
+        ref["sha256"] = hashlib.sha256("".join(f"{p.name}:{sha256_file(p)}\n" for p in weights).encode()).hexdigest()
+    if (folder / "tokenizer.json").exists():
+        ref["tokenizer_sha256"] = sha256_file(folder / "tokenizer.json")
+    if (folder / "edge_glass.json").exists():
+        ref["source_sha256"] = json.loads((folder / "edge_glass.json").read_text()).get("source_sha256")
+    return ref

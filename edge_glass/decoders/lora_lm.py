@@ -25,17 +25,23 @@ def build(params, latent_dim: int, embedding_dim: int, lm_dir, captions, device:
 
 
 class LoraLMDecoder(CaptionDecoder):
-    def __init__(self, lm, tokenizer, params: LMParams, latent_dim: int, embedding_dim: int):
+    """``adapter_dir``: a trained adapter saved in peft's own format (``save_pretrained``) instead of fresh
+    LoRA weights (``decoders/saved.py`` rebuilds a trained decoder with it)."""
+
+    def __init__(self, lm, tokenizer, params: LMParams, latent_dim: int, embedding_dim: int, adapter_dir=None):
         super().__init__()
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, PeftModel, get_peft_model
 
         lora = params.lora
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-        try:
-            self.lm = get_peft_model(lm, config)
-        except ValueError as exc:
-            raise ValueError(f"decode.lm.lora.target_modules={lora.target_modules}: {exc}") from None
+        if adapter_dir is not None:
+            self.lm = PeftModel.from_pretrained(lm, str(adapter_dir))
+        else:
+            config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+            try:
+                self.lm = get_peft_model(lm, config)
+            except ValueError as exc:
+                raise ValueError(f"decode.lm.lora.target_modules={lora.target_modules}: {exc}") from None
         self.tokenizer = tokenizer
         self.projector = Projector(latent_dim, embedding_dim, lm.config.hidden_size)
 

@@ -62,6 +62,12 @@ class FrozenEncoder:
     def load(self, source: Any) -> Any:
         return self.loader()(source)
 
+    max_tokens: int | None = None  # text encoders: inputs longer than this many tokens are truncated
+
+    def token_count(self, text: str) -> int:
+        """Tokens of ``text`` as the encoder's tokenizer counts them (text encoders)."""
+        raise NotImplementedError
+
     @torch.inference_mode()
     def forward(self, batch: list[Any]) -> tuple[list[torch.Tensor], torch.Tensor]:
         raise NotImplementedError

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+from edge_glass.config.preprocess import SECTIONS
 from edge_glass.core.registry import registrar
 
 ENCODERS: dict[tuple[str, str], Callable] = {}
-SECTIONS = {"image": "vision", "audio": "audio", "text": "text"}  # modality -> preprocess params section
 
 
 _register = registrar(ENCODERS, "encoder")
@@ -30,16 +30,22 @@ def encoder_params(modality: str, preprocess):
 
 def build_encoder(modality: str, params):
     """The frozen encoder of ``modality`` on ``preprocess.device`` with ``preprocess.precision`` autocast."""
+    from edge_glass.core.device import resolve_precision, stage_device
+
+    device = stage_device(params.preprocess.device, "preprocess.device")
+    return place_encoder(modality, params.preprocess, device, resolve_precision(params.preprocess.precision, device))
+
+
+def place_encoder(modality: str, preprocess, device, precision):
+    """The frozen encoder of ``modality`` built from ``preprocess`` (its params section) on ``device`` with
+    ``precision`` autocast: the one constructor behind the preprocess stage and ``edge_glass.load``."""
     import edge_glass.encoders.audio  # noqa: F401  (fill the registry)
     import edge_glass.encoders.text  # noqa: F401
     import edge_glass.encoders.vision  # noqa: F401
-    from edge_glass.core.device import resolve_precision, stage_device
 
-    section = encoder_params(modality, params.preprocess)
+    section = encoder_params(modality, preprocess)
     key = f"preprocess.{SECTIONS[modality]}.backend"
     if (modality, section.backend) not in ENCODERS:
         choices = sorted(b for m, b in ENCODERS if m == modality)
         raise ValueError(f"{key}: unknown encoder {section.backend!r} (choose from {choices})")
-    device = stage_device(params.preprocess.device, "preprocess.device")
-    encoder = ENCODERS[(modality, section.backend)](section)
-    return encoder.place(device, resolve_precision(params.preprocess.precision, device))
+    return ENCODERS[(modality, section.backend)](section).place(device, precision)

@@ -44,6 +44,7 @@ class SentenceTransformerText(FrozenEncoder):
             raise FileNotFoundError(f"preprocess.text.model={params.model}: cannot load ({exc})") from None
         self.model.eval().requires_grad_(False)
         self.model.max_seq_length = params.max_length
+        self.max_tokens = params.max_length
         self.batch_size = params.batch_size
         # a hub id has no files at hand (and a folder may hold other formats): the loaded tensors are hashed too
         weights = {p.name: sha256_file(p) for p in sorted(Path(path).glob("*.safetensors"))} if Path(path).exists() else {}
@@ -59,6 +60,9 @@ class SentenceTransformerText(FrozenEncoder):
 
     def loader(self):
         return str  # captions need no decoding
+
+    def token_count(self, text: str) -> int:
+        return len(self.model.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     @torch.inference_mode()
     def forward(self, batch):

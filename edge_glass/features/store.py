@@ -26,6 +26,14 @@ from safetensors.torch import load_file, save_file
 from edge_glass.core.io import atomic_path, read_metadata, sha256_text
 
 SHARD_RE = re.compile(r"^shard-(\d{5})\.safetensors$")
+DTYPES = {"float16": torch.float16, "float32": torch.float32}  # preprocess.dtype -> how shards store features
+
+
+def as_stored(features: torch.Tensor, dtype_name: str) -> torch.Tensor:
+    """Features as a reader of the shards sees them: rounded to the storage dtype (``preprocess.dtype``),
+    then float32. Features computed on the fly (``edge_glass.load``) go through this, so the align model
+    gets the very numbers it was trained on."""
+    return features.to(DTYPES[dtype_name]).float()
 
 
 def shard_name(index: int) -> str:

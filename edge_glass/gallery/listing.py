@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edge_glass.core.errors import DataError, MediaError
 from edge_glass.data.mediashards import read_member
-from edge_glass.data.sources.base import read_local_file
+from edge_glass.data.media import read_media_file
 from edge_glass.data.sources.local.base import AUDIO_EXTS, IMAGE_EXTS
 
 MODALITIES = ("image", "audio")
@@ -171,7 +171,7 @@ def list_local_entry(workspace: str | Path, name: str, modality: str = "auto") -
     def read_media(rel):
         rel = str(rel).strip()
         path = Path(rel) if Path(rel).is_absolute() else src.root / rel
-        data = read_local_file(path, src._root_real, src.max_bytes)  # the download's checks: root, size, existence
+        data = read_media_file(path, src._root_real, src.max_bytes)  # the download's checks: root, size, existence
         reads.append((data, (path.resolve().relative_to(src._root_real).as_posix(), 0, -1)))
         return data
 
@@ -216,7 +216,7 @@ def read_entry(root: Path, entry: Entry, max_bytes: int = MAX_FILE_BYTES) -> byt
     """An entry's bytes, checked again at read time (a link swapped since listing is still refused), or
     MediaError with the reason."""
     if entry.size == -1:
-        return read_local_file(root / entry.file, root, max_bytes)
+        return read_media_file(root / entry.file, root, max_bytes)
     path = (root / entry.file).resolve()
     if not path.is_relative_to(root):
         raise MediaError(f"path escapes the gallery root: {entry.file}")

@@ -12,6 +12,7 @@ from torch import nn
 
 from edge_glass.config import Params
 from edge_glass.config.align import AlignParams
+from edge_glass.config.preprocess import SECTIONS
 from edge_glass.core.io import write_json
 from edge_glass.features.dataset import MEDIA, Batch, FeatureSplit
 from edge_glass.models.fusion import build_fusion
@@ -120,10 +121,33 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.bmm(w.unsqueeze(1), tokens).squeeze(1) / w.sum(dim=1, keepdim=True).clamp(min=1)
 
 
+# what encoders.json says about each encoder that a rebuilt encoder must match (not the counts of one run)
+ENCODER_KEYS = ("modality", "name", "token_dim", "pooled_dim", "weights", "settings", "dtype", "device", "autocast")
+
+
+def input_settings(params: Params, encoders: dict) -> dict:
+    """What turns a raw file or text into the features this model was trained on, so the path can be
+    rebuilt without the workspace (``edge_glass.load``): per modality the encoder as preprocess recorded it
+    (``encoders.json``: backend name, weight hashes, preprocessing settings, storage dtype, device and
+    autocast), download's media checks and normalisation (``download.image``, ``download.audio``,
+    ``download.max_file_mb``; captions are cleaned by ``data.manifest.clean_caption``, which has no
+    settings) and the ``preprocess`` sections that rebuild each encoder."""
+    media = [m for m in SECTIONS if m in encoders]
+    d, p = params.download, params.preprocess
+    return {
+        "encoders": {m: {k: encoders[m][k] for k in ENCODER_KEYS if k in encoders[m]} for m in media},
+        "download": {"image": d.image.model_dump(), "audio": d.audio.model_dump(), "max_file_mb": d.max_file_mb,
+                     "caption_cleaning": "edge_glass.data.manifest.clean_caption (NFKC, '_' -> ' ', whitespace collapsed)"},
+        "preprocess": {"dtype": p.dtype, **{SECTIONS[m]: getattr(p, SECTIONS[m]).model_dump() for m in media}},
+    }
+
+
 def save_model(out_dir: Path, model: AlignModel, params: Params, data: FeatureSplit) -> None:
+    """``model.safetensors`` and ``model.json``: the align params and sizes that rebuild the model, and the
+    inputs it was trained on (:func:`input_settings`)."""
     save_weights(out_dir / "model.safetensors", model)
     write_json({"align": params.align.model_dump(), "seed": params.seed, "train_seed": params.align_seed, "token_dims": data.token_dims,
-                "text_dim": data.text_dim}, out_dir / "model.json")
+                "text_dim": data.text_dim, **input_settings(params, data.encoders)}, out_dir / "model.json")
 
 
 def load_model(out_dir: str | Path, device: str | torch.device = "cpu") -> AlignModel:

@@ -25,16 +25,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from edge_glass.config.download import DownloadParams
-from edge_glass.core.errors import MediaError
 from edge_glass.data.manifest import Reject, Sample, reason_kind
-from edge_glass.data.media import (
-    check_audio,
-    check_audio_header,
-    encode_audio,
-    load_audio,
-    normalise_image,
-    resample,
-)
+from edge_glass.data.media import normalised_audio, normalised_image
 
 log = logging.getLogger(__name__)
 
@@ -101,27 +93,13 @@ class Source:
         return Reject(cand.item_id, self.name, reason)
 
     def image_bytes(self, data: bytes) -> tuple[bytes, str]:
-        """Normalised image (bounded size, RGB, PNG or JPEG) and its extension, or MediaError."""
-        p = self.params.image
-        return normalise_image(data, short_side=p.short_side, max_pixels=p.max_pixels, fmt=p.format,
-                               jpeg_quality=p.jpeg_quality)
+        """Normalised image and its extension under ``download.image``, or MediaError (``media.normalised_image``)."""
+        return normalised_image(data, self.params.image)
 
     def audio_bytes(self, data: bytes | np.ndarray, sample_rate: int | None = None) -> tuple[bytes, str, float]:
-        """Normalised audio (mono, ``download.audio.sample_rate``, 16-bit FLAC/WAV), its extension and
-        duration, or MediaError. ``data``: encoded file bytes, or a float array at ``sample_rate``.
-
-        The duration and decoded size limits are checked on the file's header before it is decoded
-        (an hour of audio is refused in microseconds, not decoded in every worker first)."""
-        a = self.params.audio
-        if isinstance(data, np.ndarray):  # decoded by the hub already: checked before resampling
-            check_audio_header(data.shape[-1], int(sample_rate), data.shape[0] if data.ndim == 2 else 1,
-                               a.max_duration_s, a.max_decoded_mb)
-            wav = resample(data.astype(np.float32).mean(axis=0) if data.ndim == 2 else data.astype(np.float32),
-                           int(sample_rate), a.sample_rate)
-        else:
-            wav = load_audio(data, a.sample_rate, max_duration_s=a.max_duration_s, max_decoded_mb=a.max_decoded_mb)
-        duration = check_audio(wav, a.sample_rate, a.min_duration_s, a.max_duration_s, a.silence_dbfs)
-        return encode_audio(wav, a.sample_rate, a.format), a.format, duration
+        """Normalised audio, its extension and duration under ``download.audio``, or MediaError
+        (``media.normalised_audio``). ``data``: encoded file bytes, or a float array at ``sample_rate``."""
+        return normalised_audio(data, self.params.audio, sample_rate)
 
 
 def empty_source_line(source: Source, read: int, kept: int, rejects: list[Reject], top: int = 3) -> str:
@@ -164,33 +142,6 @@ def empty_sources_message(sources: list[Source], read: dict[str, int], samples: 
     if kept:
         tail += "; download.allow_empty_sources=true goes on without an empty source"
     return "\n".join(lines[:-1] + [f"{lines[-1]} ({tail})"])
-
-
-def read_local_file(path: Path, root: Path, max_bytes: int) -> bytes:
-    """Bytes of a media file named by a user's annotation, or MediaError.
-
-    ``path`` must resolve (symlinks followed) to a file under ``root``: ``../`` and links out of the
-    root are refused; absolute paths are fine when they lie under the root.
-    """
-    try:
-        real = path.resolve()
-    except (OSError, RuntimeError) as exc:  # symlink loops
-        raise MediaError(f"cannot resolve path {path}: {exc}") from None
-    if not real.is_relative_to(root):
-        raise MediaError(f"path escapes media_root: {path} resolves to {real}, outside {root}")
-    try:
-        size = real.stat().st_size
-        if not real.is_file():
-            raise MediaError(f"not a file: {path}")
-        if size == 0:
-            raise MediaError(f"empty file (0 bytes): {path}")
-        if size > max_bytes:
-            raise MediaError(f"file too large: {size / 2**20:.0f} MiB > download.max_file_mb={max_bytes // 2**20}: {path}")
-        return real.read_bytes()
-    except FileNotFoundError:
-        raise MediaError(f"missing file: {path}") from None
-    except PermissionError:
-        raise MediaError(f"unreadable file (permission denied): {path}") from None
 
 
 def file_stamp(path: Path) -> str:

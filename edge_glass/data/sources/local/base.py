@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_glass.core.errors import DataError, MediaError
+from edge_glass.data.media import read_media_file
 from edge_glass.data.sources.base import (
     Candidate,
     Source,
     caption_reject_reason,
     file_stamp,
-    read_local_file,
     text_captions,
 )
 
@@ -119,7 +119,7 @@ class LocalSource(Source):
     def read_media(self, rel: Any) -> bytes:
         rel = str(rel).strip()
         path = Path(rel)
-        return read_local_file(path if path.is_absolute() else self.root / path, self._root_real, self.max_bytes)
+        return read_media_file(path if path.is_absolute() else self.root / path, self._root_real, self.max_bytes)
 
     def make(self, cand: Candidate, captions: Any, *, image: Any = None, audio: Any = None, split_value: Any = None,
              group: str = ""):
