@@ -50,7 +50,8 @@ def run_index(model, source: str, out: str | Path, *, workspace: str | Path = ".
               dim: int | None = None, batch_size: int = 32, shard_size: int = 1000, workers: int = 2,
               ann: bool = False, progress: bool = True) -> dict:
     """Index SOURCE with ``model`` (an ``edge_glass.load`` result) into ``out``; returns index.json's dict."""
-    from edge_glass.core.errors import DataError
+    from edge_glass.core.errors import DataError, MediaError
+    from edge_glass.gallery.listing import MAX_FILE_BYTES
     from edge_glass.gallery.store import build_index, finish_index
 
     if batch_size < 1 or shard_size < 1:
@@ -64,11 +65,17 @@ def run_index(model, source: str, out: str | Path, *, workspace: str | Path = ".
     if missing:
         raise DataError(f"the model embeds {', '.join(model.modalities)}, not {', '.join(missing)}: "
                         f"index with --modality {' or '.join(m for m in model.modalities if m != 'text')}")
+    def load(modality: str, data: bytes, path: str):
+        try:
+            return model.load_media(modality, data)
+        except MediaError as exc:  # the reject's row names the file; the reason need not name "<bytes>"
+            raise MediaError(str(exc).removeprefix("<bytes>: ")) from None
+
     info = build_index(
-        listing, out, model_fingerprint=model.fingerprint, dim=dim, dims=dims,
-        load=lambda modality, data, path: model.load_media(modality, data),
+        listing, out, model_fingerprint=model.fingerprint, dim=dim, dims=dims, load=load,
         embed=lambda modality, inputs: model.embed_loaded(modality, inputs, dim=dim),
         shard_size=shard_size, batch_size=batch_size, workers=workers, progress=progress,
+        max_bytes=getattr(model, "max_file_bytes", MAX_FILE_BYTES),
     )
     if ann and info["counts"]["indexed"]:
         from edge_glass.gallery.ann import HNSW

@@ -96,7 +96,8 @@ async function searchFile(file) {
   try {
     const body = await call("/api/upload?" + params() + "&name=" + encodeURIComponent(file.name),
                             {method: "POST", body: file});
-    $("caption").textContent = body.caption ? "caption: " + body.caption : "";
+    $("caption").textContent = body.caption === null ? "no caption: this model has no decoder"
+                               : "caption: " + (body.caption || "(the decoder gave no words)");
     show(body.results);
   } catch (e) { $("caption").textContent = ""; $("status").textContent = e.message; document.body.dataset.state = "error"; }
 }
@@ -160,14 +161,15 @@ class App:
                 caption = self._caption(kind, str(path))
         return {"modality": kind, "caption": caption, "results": self.gallery.results(*self.gallery.search(q, k, dim))[0]}
 
-    def _caption(self, kind: str, path: str) -> str:
-        from edge_glass.core.errors import DataError
+    def _caption(self, kind: str, path: str) -> str | None:
+        """The decoder's caption, or None when the model has no decoder (it still searches)."""
+        from edge_glass.core.errors import DataError, ModelError
 
         try:
             return self.model.caption(**{"images" if kind == "image" else "audio": [path]})[0]
-        except (DataError, FileNotFoundError) as exc:  # a model without a decoder still searches
+        except (ModelError, DataError, FileNotFoundError) as exc:
             log.warning("no caption: %s", exc)
-            return ""
+            return None
 
     def media(self, row: int) -> tuple[bytes, str]:
         from edge_glass.gallery.listing import Entry, read_entry

@@ -192,3 +192,73 @@ def test_chunked_search_on_an_index_equals_brute_force(tmp_path):
     s, i = exact_topk(q, g.embeddings, 5, chunk=3)
     brute = q @ g.embeddings.T
     np.testing.assert_array_equal(i, np.argsort(-brute, axis=1)[:, :5])
+
+
+# the real model, end to end through the commands ------------------------------------------------------
+
+def run_cli(module, *args, env_extra=None):
+    import os
+    import subprocess
+    import sys
+
+    from helpers.setup import REPO
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def other_model(workspace, out):
+    """A copy of the workspace whose align weights differ slightly: another model, another fingerprint."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(workspace, out, symlinks=True)
+    weights = out / "data" / "align" / "model.safetensors"
+    state = load_file(str(weights))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1e-3
+    save_file(state, str(weights))
+    return out
+
+
+@pytest.mark.slow
+def test_index_and_search_commands_with_the_real_model(tiny_workspace, tmp_path):
+    import edge_glass
+
+    root, bad = gallery_folder(tmp_path)
+    out = run_cli("edge_glass.index", root, "--out", tmp_path / "idx", "--model", tiny_workspace, "--shard-size", 3,
+                  "--no-progress")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "9 found = 5 indexed + 4 rejected" in out.stderr and "1 other files ignored" in out.stderr, out.stderr
+    got = rejects(tmp_path / "idx")
+    assert set(got) == set(bad), got
+    for path, reason in bad.items():
+        assert reason in got[path], (path, got[path])
+    model = edge_glass.load(tiny_workspace)
+    info = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert info["model_fingerprint"] == model.fingerprint and info["dim"] == max(model.dims)
+    # the index holds the API's embedding of each file
+    g = Gallery(tmp_path / "idx")
+    for i, path in enumerate(g.rows["path"]):
+        embed = model.embed_images if g.rows["modality"][i] == "image" else model.embed_audio
+        assert 1 - float(embed([root / path])[0] @ g.embeddings[i]) <= 1e-5, path
+    # search: the same image ranks first, JSON lines exactly rank/path/score
+    out = run_cli("edge_glass.search", tmp_path / "idx", "--image", root / "photos" / "img2.PNG", "-k", 3, "--json",
+                  "--model", tiny_workspace)
+    assert out.returncode == 0, out.stderr[-3000:]
+    objs = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [list(o) for o in objs] == [["rank", "path", "score"]] * 3 and [o["rank"] for o in objs] == [1, 2, 3]
+    assert objs[0]["path"] == "photos/img2.PNG" and objs[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    out = run_cli("edge_glass.search", tmp_path / "idx", "--text", "a smiling face", "--dim", min(model.dims),
+                  "--model", tiny_workspace)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 5, out.stderr[-3000:]
+    # another model's search is refused in one line
+    other = other_model(tiny_workspace, tmp_path / "other")
+    out = run_cli("edge_glass.search", tmp_path / "idx", "--text", "a face", "--model", other)
+    assert out.returncode == 3 and "indexed by another model" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    # a query file that cannot be used: one line naming it
+    out = run_cli("edge_glass.search", tmp_path / "idx", "--image", root / "photos" / "notes.png", "--model", tiny_workspace)
+    assert out.returncode == 3 and "notes.png" in out.stderr and "Traceback" not in out.stderr, out.stderr

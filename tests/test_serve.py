@@ -156,3 +156,38 @@ def test_page_in_headless_chromium(served):
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
     assert caption == "caption: fake caption of img2.PNG"
     assert after[0] == "photos/img2.PNG"
+
+
+@pytest.mark.slow
+def test_serve_command_with_the_real_model_in_chromium(tiny_workspace, tmp_path):
+    """python -m edge_glass.serve as a person starts it: the page's results are the search command's, and
+    the caption of an uploaded file is the model's own caption of it."""
+    import subprocess
+    import sys
+
+    import edge_glass
+    from helpers.setup import REPO
+
+    from edge_glass.search import run_search
+
+    root, _ = gallery_folder(tmp_path)
+    model = edge_glass.load(tiny_workspace)
+    run_index(model, str(root), tmp_path / "idx", progress=False)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "edge_glass.serve", str(tmp_path / "idx"), "--model",
+                             str(tiny_workspace)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = line.split("at ", 1)[1].split()[0].rstrip("/")
+        upload = root / "photos" / "img1.PNG" if (root / "photos" / "img1.PNG").exists() else root / "photos" / "2024" / "img1.PNG"
+        results, caption, after = use_page(url, upload, "a smiling face")
+        want = run_search(model, tmp_path / "idx", k=10, text="a smiling face")
+        assert [r["path"] for r in results] == [w["path"] for w in want]
+        assert [r["score"] for r in results] == pytest.approx([w["score"] for w in want], abs=1e-4)
+        words = model.caption(images=[upload])[0]
+        assert caption == "caption: " + (words or "(the decoder gave no words)")
+        assert after[0] == upload.relative_to(root).as_posix()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

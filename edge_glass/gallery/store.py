@@ -33,7 +33,7 @@ import pandas as pd
 from edge_glass.core.errors import DataError, MediaError
 from edge_glass.core.io import atomic_path, read_metadata, write_json
 from edge_glass.core.prefetch import prefetched
-from edge_glass.gallery.listing import Entry, Listing, read_entry
+from edge_glass.gallery.listing import MAX_FILE_BYTES, Entry, Listing, read_entry
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +61,29 @@ def plan(entries: list[Entry], shard_size: int) -> list[list[Entry]]:
     return [ordered[i : i + shard_size] for i in range(0, len(ordered), shard_size)]
 
 
-def _load_one(root: Path, load: Loader, e: Entry) -> tuple[Any, str]:
+def _load_one(root: Path, load: Loader, max_bytes: int, e: Entry) -> tuple[Any, str]:
     if e.reject:
         return None, e.reject
     try:
-        return load(e.modality, read_entry(root, e), e.path), ""
+        return load(e.modality, read_entry(root, e, max_bytes), e.path), ""
     except MediaError as exc:
         return None, str(exc)
 
 
-def _load_batch(root: Path, load: Loader, batch: list[Entry]) -> list[tuple[Any, str]]:
-    return [_load_one(root, load, e) for e in batch]
+def _load_batch(root: Path, load: Loader, max_bytes: int, batch: list[Entry]) -> list[tuple[Any, str]]:
+    return [_load_one(root, load, max_bytes, e) for e in batch]
 
 
 def embed_shard(root: Path, entries: list[Entry], load: Loader, embed: Embedder, batch_size: int, dim: int,
-                pool: ThreadPoolExecutor, on_batch: Callable[[int], None]) -> tuple[list[Entry], np.ndarray, list[list]]:
+                pool: ThreadPoolExecutor, on_batch: Callable[[int], None],
+                max_bytes: int = MAX_FILE_BYTES) -> tuple[list[Entry], np.ndarray, list[list]]:
     """Load (ahead, in ``pool``) and embed one shard's entries; returns the embedded entries in shard order,
     their embeddings and the rejects ``[path, modality, reason]``."""
     batches = [entries[i : i + batch_size] for i in range(0, len(entries), batch_size)]
     kept: list[Entry] = []
     rows: list[np.ndarray] = []
     rejects: list[list] = []
-    for batch, loaded in zip(batches, prefetched(partial(_load_batch, root, load), batches, pool)):
+    for batch, loaded in zip(batches, prefetched(partial(_load_batch, root, load, max_bytes), batches, pool)):
         good = [(e, x) for e, (x, err) in zip(batch, loaded) if not err]
         rejects += [[e.path, e.modality, err] for e, (_, err) in zip(batch, loaded) if err]
         by_kind: dict[str, list[int]] = {}
@@ -110,11 +111,12 @@ def write_shard(path: Path, embeddings: np.ndarray, metadata: dict) -> None:
 
 def build_index(listing: Listing, out_dir: str | Path, *, model_fingerprint: str, dim: int, dims: list[int],
                 load: Loader, embed: Embedder, shard_size: int = 1000, batch_size: int = 32, workers: int = 2,
-                progress: bool = True, extra: dict | None = None) -> dict:
+                progress: bool = True, max_bytes: int = MAX_FILE_BYTES, extra: dict | None = None) -> dict:
     """Embed every entry of ``listing`` into ``out_dir``; finished shards of an earlier run are kept.
 
     ``load`` turns one medium's bytes into the model's input (raising MediaError for a bad file: a reject,
-    never a crash of the run) and runs in ``workers`` threads ahead of ``embed``. Returns index.json's dict."""
+    never a crash of the run) and runs in ``workers`` threads ahead of ``embed``; files over ``max_bytes``
+    are rejects, never read. Returns index.json's dict."""
     from tqdm import tqdm
 
     out = Path(out_dir)
@@ -136,7 +138,7 @@ def build_index(listing: Listing, out_dir: str | Path, *, model_fingerprint: str
                 bar.update(len(entries))
             else:
                 kept, emb, shard_rejects = embed_shard(listing.root, entries, load, embed, batch_size, dim, pool,
-                                                       bar.update)
+                                                       bar.update, max_bytes)
                 meta = {"fingerprint": fingerprints[k], "rows": [[getattr(e, f) for f in ROW_FIELDS] for e in kept],
                         "rejects": shard_rejects}
                 write_shard(path, emb, meta)
