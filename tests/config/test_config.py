@@ -22,7 +22,7 @@ from edge_glass.params import compose
         ({"preprocess": {"vision": {"bakend": "open_clip"}}}, "preprocess.vision.bakend", "unknown key"),
         ({"preprocess": {"vision": {"pool": "max"}}}, "preprocess.vision.pool", "'model' or 'mean'"),
         ({"preprocess": {"audio": {"layer": 1.5}}}, "preprocess.audio.layer", "valid integer"),
-        ({"download": {"sources": ["laion"]}}, "download.sources.0", "openmoji"),
+        ({"download": {"sources": ["laion"]}}, "download.sources[0]", "openmoji"),
         ({"download": {"split": {"train": 0.9, "val": 0.2, "test": 0.1}}}, "download.split", "sum to 1"),
         ({"align": {"mrl": {"weights": [1.0]}}}, "align.mrl", "weights has 1 entries"),
     ],
