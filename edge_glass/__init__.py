@@ -9,6 +9,7 @@ from Python is listed in ``__all__`` below; names load on first use, so ``import
 Layout (the import rule is a contract in pyproject.toml, checked by the tests):
     download, preprocess, align, decode, evaluate, report/   the stages
     compare, params, cli                                      commands and stage start-up
+    api        edge_glass.load: embed and caption new files with a trained model (workspace or exported folder)
     config/    Params and one schema module per stage     data/      media, shards, manifest, splits, sources
     features/  cached feature shards and the training view encoders/  frozen encoders
     models/    aligner, resamplers, fusion, MRL, loss       decoders/  LoRA LM, TRM, generation

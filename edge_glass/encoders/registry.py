@@ -40,6 +40,7 @@ def place_encoder(modality: str, preprocess, device, precision):
     """The frozen encoder of ``modality`` built from ``preprocess`` (its params section) on ``device`` with
     ``precision`` autocast: the one constructor behind the preprocess stage and ``edge_glass.load``."""
     import edge_glass.encoders.audio  # noqa: F401  (fill the registry)
+    import edge_glass.encoders.hf  # noqa: F401
     import edge_glass.encoders.text  # noqa: F401
     import edge_glass.encoders.vision  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""Frozen image encoders: packaged EfficientNet-Lite0 (offline default) or any open_clip model."""
+"""Frozen image encoders: packaged EfficientNet-Lite0 (offline default) or any open_clip model (any HF model: hf.py)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,12 @@ class EfficientNetLite0(FrozenEncoder):
 
 @register_encoder("image", "open_clip")
 class OpenCLIPVision(FrozenEncoder):
-    """open_clip image tower: tokens are the transformer's output tokens, pooled the projected embedding.
+    """open_clip image tower: tokens are the tower's output tokens, pooled the projected embedding.
+
+    A ViT tower (``.transformer``) gives its tokens itself (``output_tokens``). Other towers — timm trunks
+    (SigLIP, ConvNeXt, EVA...) and ModifiedResNet — return only the embedding from ``forward``; their
+    tokens are the last feature map of ``forward_intermediates`` (open_clip >= 2.24's common interface,
+    prefix tokens dropped, the trunk's final norm applied), one token per spatial position.
 
     ``weights: random`` (or ``open_clip_pretrained: ""``) builds the architecture untrained."""
 
@@ -110,15 +115,28 @@ class OpenCLIPVision(FrozenEncoder):
             torch.manual_seed(0)
             model, _, _ = open_clip.create_model_and_transforms(params.open_clip_model, pretrained=pretrained)
         self.visual = model.visual.eval().requires_grad_(False)
-        self.visual.output_tokens = True
         self.size = self.visual.image_size[0] if isinstance(self.visual.image_size, tuple) else self.visual.image_size
         self.mean = getattr(self.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
         self.std = getattr(self.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
-        width = self.visual.transformer.width
         self.batch_size = params.batch_size
+        self.own_tokens = hasattr(self.visual, "transformer")  # open_clip's ViT: forward returns (pooled, tokens)
+        if self.own_tokens:
+            self.visual.output_tokens = True
+            width = self.visual.transformer.width
+            text_projection = getattr(model, "text_projection", None)
+            pooled_dim = text_projection.shape[1] if text_projection is not None else width
+        elif hasattr(self.visual, "forward_intermediates"):
+            # the widths of a timm trunk or a ResNet differ by model: one probe image tells them
+            tokens, pooled = self.forward([torch.zeros(3, self.size, self.size)])
+            width, pooled_dim = tokens[0].shape[-1], pooled.shape[-1]
+        else:
+            raise ImportError(
+                f"preprocess.vision.open_clip_model={params.open_clip_model}: its image tower "
+                f"({type(self.visual).__name__}) has no .transformer and no forward_intermediates in this "
+                f"open_clip ({open_clip.__version__}), so it gives no tokens; bash setup.sh --open-clip installs one that does"
+            )
         self.info = EncoderInfo(
-            "image", f"open_clip:{params.open_clip_model}/{pretrained or 'random'}", width,
-            model.text_projection.shape[1] if model.text_projection is not None else width,
+            "image", f"open_clip:{params.open_clip_model}/{pretrained or 'random'}", width, pooled_dim,
             # weights come from the hub cache (no file at hand): the loaded tensors are hashed
             module_hashes([self.visual], ("open_clip", params.open_clip_model, pretrained or "random")),
             {"image_size": self.size, "mean": tuple(self.mean), "std": tuple(self.std),
@@ -133,6 +151,11 @@ class OpenCLIPVision(FrozenEncoder):
 
     @torch.inference_mode()
     def forward(self, batch):
+        images = torch.stack(batch).to(self.device, non_blocking=True)
         with self.autocast():
-            pooled, tokens = self.visual(torch.stack(batch).to(self.device, non_blocking=True))
+            if self.own_tokens:
+                pooled, tokens = self.visual(images)
+            else:
+                out = self.visual.forward_intermediates(images, indices=1, normalize_intermediates=True, output_fmt="NCHW")
+                pooled, tokens = out["image_features"], rearrange(out["image_intermediates"][-1], "b c h w -> b (h w) c")
         return split_tokens(tokens), pooled.float().cpu()

@@ -183,3 +183,67 @@ def test_real_open_clip_random_tower_is_hashed_and_repeats():
     encoders = [OpenCLIPVision(VisionEncoderParams(backend="open_clip", weights="random")) for _ in range(2)]
     assert encoders[0].info.weights["state_dict"] == encoders[1].info.weights["state_dict"]
     assert torch.equal(next(encoders[0].visual.parameters()), next(encoders[1].visual.parameters()))
+
+
+def _fake_open_clip_timm_tower(intermediates: bool = True):
+    """open_clip 3.x's interface for a tower without ``.transformer`` (a timm trunk such as SigLIP's, or
+    ModifiedResNet): ``forward`` gives only the embedding; ``forward_intermediates`` the feature maps."""
+    import types
+
+    class TimmModel(torch.nn.Module):
+        image_size = (32, 32)
+        image_mean, image_std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+        def __init__(self):
+            super().__init__()
+            self.trunk = torch.nn.Conv2d(3, 12, kernel_size=8, stride=8)  # a 4x4 map of 12 channels
+            self.norm = torch.nn.LayerNorm(12)
+            self.head = torch.nn.Linear(12, 6)
+
+        def _features(self, x, norm):
+            fmap = self.trunk(x)
+            return self.norm(fmap.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if norm else fmap
+
+        def forward(self, x):
+            return self.head(self._features(x, True).mean(dim=(2, 3)))
+
+        def forward_intermediates(self, x, indices=None, normalize_intermediates=False, output_fmt="NCHW", **_):
+            assert indices == 1 and output_fmt == "NCHW"
+            fmap = self._features(x, normalize_intermediates)
+            return {"image_intermediates": [fmap], "image_features": self.forward(x)}
+
+    if not intermediates:
+        del TimmModel.forward_intermediates
+
+    class Model(torch.nn.Module):  # CustomTextCLIP: no text_projection of its own
+        def __init__(self):
+            super().__init__()
+            self.visual = TimmModel()
+
+    return types.SimpleNamespace(
+        __version__="fake", OPENAI_DATASET_MEAN=(0.5, 0.5, 0.5), OPENAI_DATASET_STD=(0.5, 0.5, 0.5),
+        create_model_and_transforms=lambda name, pretrained=None: (Model(), None, None))
+
+
+def test_open_clip_tower_without_transformer_gives_feature_map_tokens(monkeypatch):
+    """SigLIP / timm / ResNet towers have no ``.transformer`` and ``forward`` returns the embedding only:
+    the tokens come from ``forward_intermediates`` (the normed last map, one token per position)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "open_clip", _fake_open_clip_timm_tower())
+    enc = OpenCLIPVision(VisionEncoderParams(backend="open_clip", open_clip_model="ViT-B-16-SigLIP", weights="random"))
+    assert (enc.info.token_dim, enc.info.pooled_dim, enc.size) == (12, 6, 32)
+    x = torch.randn(3, 32, 32)
+    tokens, pooled = enc.forward([x, x.flip(-1)])
+    assert tokens[0].shape == (16, 12) and pooled.shape == (2, 6)
+    fmap = enc.visual._features(x[None], True)[0]
+    assert torch.allclose(tokens[0], fmap.flatten(1).T, atol=1e-6)  # row-major positions, normed channels
+    assert torch.allclose(pooled[0], enc.visual(x[None])[0], atol=1e-6)
+
+
+def test_open_clip_tower_without_tokens_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "open_clip", _fake_open_clip_timm_tower(intermediates=False))
+    with pytest.raises(ImportError, match=r"open_clip_model=RN50.*TimmModel.*no \.transformer"):
+        OpenCLIPVision(VisionEncoderParams(backend="open_clip", open_clip_model="RN50", weights="random"))
