@@ -2,7 +2,7 @@
 the class names and prompt templates, and normalising their media exactly as the download stage does.
 
 A set's media go through the download stage's checks (``Source.image_bytes`` / ``audio_bytes`` under
-``download.image`` / ``download.audio``, ``read_local_file``'s path and size rules): a zero-shot image is
+``download.image`` / ``download.audio``, ``read_media_file``'s path and size rules): a zero-shot image is
 resized and re-encoded like a training image, so the frozen encoder sees the same kind of input, and a
 broken file is a reject with its reason, never a crash. The ``emoji_groups`` set lists manifest items
 instead (their media were normalised and encoded by download and preprocess already).
@@ -22,7 +22,8 @@ from edge_glass.config.download import DownloadParams
 from edge_glass.config.evaluate import ZeroShotSet
 from edge_glass.core.errors import DataError, MediaError
 from edge_glass.data.manifest import Reject, Sample
-from edge_glass.data.sources.base import Candidate, Source, read_local_file
+from edge_glass.data.media import read_media_file
+from edge_glass.data.sources.base import Candidate, Source
 from edge_glass.data.sources.local.base import present
 from edge_glass.data.sources.local.table import read_table
 
@@ -237,7 +238,7 @@ class LabelledMedia(Source):
         item: LabelledItem = cand.payload
         rel = Path(item.path)
         try:
-            data = read_local_file(rel if rel.is_absolute() else self.root / rel, self.root, self.params.max_file_mb * 2**20)
+            data = read_media_file(rel if rel.is_absolute() else self.root / rel, self.root, self.params.max_file_mb * 2**20)
             sample = self.sample(cand, [item.label])
             if self.entry.modality == "image":
                 sample.image, sample.image_ext = self.image_bytes(data)
