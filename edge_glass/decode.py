@@ -88,7 +88,7 @@ def train_decoder(params: Params, decoder: CaptionDecoder, data: FeatureSplit, c
 
     run = run_loop(name=f"decode[{params.decode.kind}]", model=decoder, opt=opt, t=t, step_fn=step_fn,
                    checkpoint=out_dir / "checkpoints" / "last.safetensors", fingerprint=fingerprint, live_dir=live_dir,
-                   trainable_only=True)
+                   trainable_only=True, samples_per_step=t.batch_size)
     seconds = run["seconds"]
     return {"steps": t.steps, "resumed_from": run["start"], "seconds": round(seconds, 2),
             "train_tokens_per_s": round(tokens / seconds, 1) if seconds and tokens else None, "final": run["final"]}

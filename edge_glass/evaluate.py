@@ -129,3 +129,52 @@ def run_evaluate(params: Params, features_dir: str | Path, manifest_path: str | 
     by_dim_frame = pd.DataFrame(rows)
     by_dim_frame["dim"] = by_dim_frame["dim"].astype(int)
     return metrics, by_dim_frame, per_query
+
+
+def run_zeroshot(params: Params, zeroshot_dir: str | Path, features_dir: str | Path, manifest_path: str | Path,
+                 model: AlignModel) -> tuple[dict, pd.DataFrame]:
+    """Zero-shot classification of every ``evaluate.zeroshot`` set (``metrics.zeroshot``): the trained model at
+    every MRL dim and the ridge baseline of retrieval, each with class-stratified 95% intervals.
+
+    Returns (metrics/zeroshot.json's content, the long-form confusion counts of every set)."""
+    from edge_glass.metrics.baseline import baseline_maps
+    from edge_glass.metrics.zeroshot import load_set, score_set
+
+    ev = params.evaluate
+    if not ev.zeroshot:
+        return {}, pd.DataFrame(columns=["set", "label", "predicted", "count"])
+    model.eval()
+    features_dir, zeroshot_dir = Path(features_dir), Path(zeroshot_dir)
+    manifest = pd.read_parquet(manifest_path, columns=["item_id", "split"])
+    maps = baseline_maps(features_dir, manifest, ev.split, params)
+    out, frames = {}, []
+    for entry in ev.zeroshot:
+        data = load_set(entry, zeroshot_dir / entry.name, features_dir, params)
+        if isinstance(data, str):
+            out[entry.name] = {"items": 0, "skipped": data, "trained": {}, "baseline": {}, "by_dim": {}}
+            continue
+        out[entry.name], frame = score_set(data, model, maps.get(data.modality), ev.bootstrap_resamples, params.seed)
+        frames.append(frame)
+    return out, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["set", "label", "predicted", "count"])
+
+
+def headline(retrieval: dict, zeroshot: dict, captions: dict | None, recall_k: list[int]) -> dict[str, float]:
+    """The numbers a reader compares, flat, in a fixed order (``dvc exp show`` lists a file's keys in order):
+    R@1 / R@5 of every retrieval task with its interval, every zero-shot set's top-1 with its interval, CIDEr-D
+    with its interval. Keys appear in no other metrics file (`dvc exp show` prefixes a column name two files share
+    with the file path, in both files). Trained model only; the baselines, by-dim and per-source numbers are in the detail files."""
+    out = {}
+    for task, r in retrieval["trained"].items():
+        for k in [k for k in recall_k if k in (1, 5)]:
+            key = f"R@{k}"
+            out[f"{task}_{key}"], out[f"{task}_{key}_lo"], out[f"{task}_{key}_hi"] = (
+                r[key], r[f"{key}_ci95_lo"], r[f"{key}_ci95_hi"])
+    for name, z in zeroshot.items():
+        if "top1" in z["trained"]:
+            t = z["trained"]
+            out[f"zeroshot_{name}_top1"], out[f"zeroshot_{name}_top1_lo"], out[f"zeroshot_{name}_top1_hi"] = (
+                t["top1"], t["top1_ci95_lo"], t["top1_ci95_hi"])
+    if captions and "CIDEr-D" in captions:  # prefixed: a key also in captions.json would get path-prefixed columns
+        out["captions_CIDEr-D"], out["captions_CIDEr-D_lo"], out["captions_CIDEr-D_hi"] = (
+            captions["CIDEr-D"], captions.get("CIDEr-D_ci95_lo"), captions.get("CIDEr-D_ci95_hi"))
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -278,3 +279,116 @@ def run_preprocess(params: Params, manifest_path: str | Path, out_dir: str | Pat
         pd.DataFrame(rejects, columns=["modality", "id", "item_id", "reason"]).to_csv(tmp, index=False)
     return {m: {k: v for k, v in s.items() if k not in ("rejects", "encoder", "device", "autocast")}
             for m, s in stats.items()}
+
+
+# zero-shot sets (evaluate.zeroshot): the zeroshot_features stage ---------------------------------------------
+
+def normalise_set(entry, items: list, params: Params, set_dir: Path) -> tuple[pd.DataFrame, list]:
+    """A folder/table set's media through the download stage's checks, into one media shard and a manifest
+    of their own (``set_dir/manifest.parquet``): the shape ``preprocess_modality`` reads. Returns (manifest, rejects)."""
+    from edge_glass.data.labelled import LabelledMedia
+    from edge_glass.data.manifest import Sample, write_manifest
+    from edge_glass.data.mediashards import ShardWriter, safe_member_name
+    from edge_glass.data.sources.base import Candidate
+
+    media = LabelledMedia(entry, params.download)
+    with ThreadPoolExecutor(max_workers=params.download.num_workers) as pool:
+        results = list(pool.map(lambda it: media.process(Candidate(it.item_id, it)), items))
+    samples = [r for r in results if isinstance(r, Sample)]
+    rejects = [r for r in results if not isinstance(r, Sample)]
+    (set_dir / "media").mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(set_dir / "media" / "00000.tar", set_dir)
+    try:
+        for s in samples:
+            data, ext = (s.image, s.image_ext) if entry.modality == "image" else (s.audio, s.audio_ext)
+            ref = writer.add(safe_member_name(s.item_id, ext), data)
+            setattr(s, f"{entry.modality}_ref", ref)
+            s.image = s.audio = None
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    write_manifest(samples, set_dir / "manifest.parquet")
+    return read_manifest(set_dir / "manifest.parquet"), rejects
+
+
+def run_zeroshot_features(params: Params, manifest_path: str | Path, out_dir: str | Path) -> dict:
+    """Everything evaluate needs to score each ``evaluate.zeroshot`` set, under ``out_dir/<name>/``.
+
+    Per set: ``labels.parquet`` (every item listed: id, label), ``rejects.csv`` (item, reason: listing,
+    media checks, encoder), ``prompts.parquet`` (one row per class: its prompts) and ``set.json`` (classes,
+    class names, templates, where the media features are). Folder and table sets get their media normalised
+    into ``media/`` and encoded by the preprocess encoders into ``features/<modality>``; every set's prompts
+    are encoded into ``features/text``. Shards whose fingerprint (encoder, inputs' content) matches are kept,
+    as in preprocess: a rerun re-encodes nothing that did not change. ``emoji_groups`` uses the preprocess
+    stage's image features (the same encoder, already run)."""
+    from edge_glass.core.errors import ParamsError
+    from edge_glass.data.labelled import (
+        classes_of,
+        default_templates,
+        entry_fingerprint,
+        list_items,
+        prompts,
+    )
+    from edge_glass.data.manifest import Reject, Sample, write_manifest
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = {e.name for e in params.evaluate.zeroshot}
+    for stale in sorted(d for d in out_dir.iterdir() if d.is_dir() and d.name not in names and (d / "set.json").exists()):
+        shutil.rmtree(stale)  # a set no longer listed: its folder would only grow the DVC output
+    encoders: dict[str, FrozenEncoder] = {}
+
+    def encoder(modality: str) -> FrozenEncoder:
+        if modality not in encoders:
+            encoders[modality] = build_encoder(modality, params)
+        return encoders[modality]
+
+    manifest = None
+    stats = {}
+    for k, entry in enumerate(params.evaluate.zeroshot):
+        key = f"evaluate.zeroshot[{k}] ({entry.name!r})"
+        missing = {entry.modality, "text"} - set(params.preprocess.modalities)
+        set_dir = out_dir / entry.name
+        if missing and entry.format == "emoji_groups":
+            # the default set on a run without images (audio-only data): nothing to classify, said so in the metrics
+            shutil.rmtree(set_dir, ignore_errors=True)
+            set_dir.mkdir(parents=True)
+            write_json({"name": entry.name, "skipped": f"preprocess.modalities has no {' or '.join(sorted(missing))}",
+                        "fingerprint": entry_fingerprint(entry, params.download)}, set_dir / "set.json")
+            stats[entry.name] = {"items": 0, "classes": 0, "rejected": 0}
+            continue
+        if missing:
+            raise ParamsError(f"{key}: modality {entry.modality} needs {entry.modality} and text in preprocess.modalities "
+                              f"(they are {params.preprocess.modalities})")
+        set_dir.mkdir(parents=True, exist_ok=True)
+        if entry.format == "emoji_groups" and manifest is None:
+            manifest = read_manifest(manifest_path)
+        items, rejects = list_items(entry, manifest, params.evaluate.split)
+        labels, classnames = classes_of(entry, items)
+        templates = default_templates(entry)
+        if entry.format != "emoji_groups":
+            set_manifest, media_rejects = normalise_set(entry, items, params, set_dir)
+            rejects += media_rejects
+            with loader_blas_single_threaded():
+                encoded = preprocess_modality(entry.modality, set_manifest, set_dir, set_dir / "features", params,
+                                              encoder(entry.modality))
+            rejects += [Reject(r["item_id"], entry.name, f"{entry.modality} encoder: {r['reason']}") for r in encoded["rejects"]]
+        class_items = [Sample(f"class/{c}", entry.name, ps) for c, ps in enumerate(prompts(templates, classnames))]
+        write_manifest(class_items, set_dir / "prompts.parquet")
+        preprocess_modality("text", read_manifest(set_dir / "prompts.parquet"), set_dir, set_dir / "features", params,
+                            encoder("text"))
+        with atomic_path(set_dir / "labels.parquet") as tmp:
+            pd.DataFrame({"item_id": [it.item_id for it in items], "label": [it.label for it in items]},
+                         columns=["item_id", "label"]).to_parquet(tmp, index=False)
+        with atomic_path(set_dir / "rejects.csv") as tmp:
+            pd.DataFrame([{"item_id": r.item_id, "reason": r.reason} for r in rejects], columns=["item_id", "reason"]).to_csv(tmp, index=False)
+        info = {"name": entry.name, "modality": entry.modality, "format": entry.format, "source": entry.source,
+                "media_features": "preprocess" if entry.format == "emoji_groups" else "own",
+                "classes": labels, "classnames": classnames, "templates": templates,
+                "fingerprint": entry_fingerprint(entry, params.download)}
+        if entry.format == "emoji_groups":
+            info["source_sha256"] = sha256_file(entry.source)
+        write_json(info, set_dir / "set.json")
+        stats[entry.name] = {"items": len(items), "classes": len(labels), "rejected": len(rejects)}
+    return stats

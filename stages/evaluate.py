@@ -1,7 +1,9 @@
 """evaluate stage: retrieval Recall@K on the test split for every MRL dim, and a no-training baseline,
-each with bootstrap 95% intervals over test items; caption metrics with intervals; per-query results for
-paired PR diffs."""
+each with bootstrap 95% intervals over test items; zero-shot classification of the evaluate.zeroshot sets;
+caption metrics with intervals; per-query results for paired PR diffs; metrics/headline.json, the numbers a
+reader compares, written last."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +11,7 @@ import pandas as pd
 from edge_glass.cli import run_stage, stage_parser
 from edge_glass.core.errors import DataError
 from edge_glass.core.io import atomic_path, write_json
-from edge_glass.evaluate import run_evaluate
+from edge_glass.evaluate import headline, run_evaluate, run_zeroshot
 from edge_glass.metrics.captions import caption_metrics, sample_table
 from edge_glass.models.aligner import load_model
 
@@ -35,7 +37,8 @@ def caption_split(captions: pd.DataFrame, path: str, split: str) -> str:
 
 
 def main(params, args):
-    metrics, by_dim, per_query = run_evaluate(params, args.features, args.manifest, load_model(args.model))
+    model = load_model(args.model)
+    metrics, by_dim, per_query = run_evaluate(params, args.features, args.manifest, model)
     write_json(metrics, Path(args.metrics))
     with atomic_path(args.plot) as tmp:
         by_dim.to_csv(tmp, index=False)
@@ -48,6 +51,18 @@ def main(params, args):
     for task, r in metrics["trained"].items():
         shown = "  ".join(f"{k} {fmt(r, k)}" for k in ks)
         print(f"{task:>14}: {shown}  (baseline {ks[0]} {fmt(metrics['baseline'].get(task), ks[0])})")
+    zeroshot, confusion = run_zeroshot(params, args.zeroshot, args.features, args.manifest, model)
+    write_json(zeroshot, Path(args.zeroshot_metrics))
+    with atomic_path(args.confusion) as tmp:
+        confusion.to_csv(tmp, index=False)
+    for name, z in zeroshot.items():
+        if "skipped" in z:
+            print(f"zero-shot {name}: skipped ({z['skipped']})")
+            continue
+        print(f"zero-shot {name}: {z['scored']} of {z['items']} items scored in {z['classes']} classes (chance "
+              f"{z.get('chance_top1', '–')}): top1 {fmt(z['trained'], 'top1')}  top5 {fmt(z['trained'], 'top5')}  "
+              f"(baseline top1 {fmt(z['baseline'], 'top1')})")
+    scores = None
     if args.captions:
         captions = pd.read_parquet(args.captions)
         split = caption_split(captions, args.captions, params.evaluate.split)
@@ -61,6 +76,8 @@ def main(params, args):
                            + sample_table(captions, params.evaluate.caption_samples, params.seed))
         print("captions: " + ", ".join(f"{k} {fmt(scores, k)}" for k in ("BLEU-4", "CIDEr-D", "embedding_similarity"))
               + f", {scores['items']} items")
+    with atomic_path(args.headline) as tmp:  # key order kept: `dvc exp show` lists the columns in it
+        tmp.write_text(json.dumps(headline(metrics, zeroshot, scores, params.evaluate.recall_k), indent=2) + "\n")
 
 
 if __name__ == "__main__":
@@ -76,4 +93,9 @@ if __name__ == "__main__":
     parser.add_argument("--caption-metrics", default="metrics/captions.json")
     parser.add_argument("--caption-items", default="metrics/caption_items.parquet", help="per-item caption statistics")
     parser.add_argument("--caption-samples", default="metrics/caption_samples.md")
+    parser.add_argument("--zeroshot", default="data/zeroshot", help="the zeroshot_features stage's output")
+    parser.add_argument("--zeroshot-metrics", default="metrics/zeroshot.json")
+    parser.add_argument("--confusion", default="metrics/zeroshot_confusion.csv",
+                        help="confusion counts of every zero-shot set (set, label, predicted, count)")
+    parser.add_argument("--headline", default="metrics/headline.json", help="the numbers a reader compares (first metrics file)")
     run_stage("evaluate", parser, main)

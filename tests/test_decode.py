@@ -79,6 +79,13 @@ def test_lora_decoder_trains_only_adapters_and_projector(conditioned, prepared_l
     losses = [float(x.split()[1]) for x in (tmp_path / "live/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
     assert len(losses) == 8 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     assert summary["final"]["step"] == 8
+    # the shared loop's throughput curves, kept out of the metrics summary (equal metrics on a rerun)
+    plots = tmp_path / "live" / "plots" / "metrics" / "train"
+    for name in ("samples_per_s", "step_seconds", "peak_rss_mb"):
+        rows = (plots / f"{name}.tsv").read_text().splitlines()
+        assert rows[0] == f"step\t{name}" and len(rows) == 9 and all(float(r.split()[1]) > 0 for r in rows[1:]), name
+    summary_keys = json.loads((tmp_path / "live" / "metrics.json").read_text())["train"]
+    assert summary_keys.keys() == {"loss", "lr", "grad_norm"}
 
 
 def test_generation_is_deterministic_under_a_seed(conditioned, prepared_lm):

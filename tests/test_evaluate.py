@@ -86,7 +86,7 @@ def test_evaluate_stage_with_recall_k_without_1_or_5(tiny_align, tmp_path):
     from helpers.setup import REPO
 
     manifest, features, align_dir = tiny_align
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"recall_k": [10], "bootstrap_resamples": 200}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"recall_k": [10], "bootstrap_resamples": 200, "zeroshot": []}}))
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), "--features", str(features),
                            "--manifest", str(manifest), "--model", str(align_dir), "--captions", "",
                            "--metrics", str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.csv"),

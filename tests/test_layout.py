@@ -60,7 +60,9 @@ def module_name(path: Path) -> str:
 def test_top_level_lists_the_stages_and_commands():
     top = sorted(p.stem for p in PKG.glob("*.py"))
     assert len(top) <= 16, top
-    stages = set(re.findall(r"^  (\w+):\n", (ROOT / "dvc.yaml").read_text(), re.M)) - {"prepare_lm"}
+    # prepare_lm runs decoders/lm.py; zeroshot_features runs preprocess.py's run_zeroshot_features (the same
+    # encoders and shard code path as preprocess: a module of its own could not import it, stages are siblings)
+    stages = set(re.findall(r"^  (\w+):\n", (ROOT / "dvc.yaml").read_text(), re.M)) - {"prepare_lm", "zeroshot_features"}
     assert stages <= set(top) | {p.name for p in PKG.iterdir() if p.is_dir()}, stages
 
 

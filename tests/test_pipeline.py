@@ -36,7 +36,7 @@ def test_dvc_repro_then_noop(tmp_path):
     params["decode"]["generate"].update(max_new_tokens=4)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run("dvc repro", clone)
-    for stage in ("download", "preprocess", "align", "prepare_lm", "decode", "evaluate", "report"):
+    for stage in ("download", "preprocess", "zeroshot_features", "align", "prepare_lm", "decode", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out
     assert (clone / "reports" / "index.html").read_text().count('class=query') > 0
     captions = json.loads((clone / "metrics" / "captions.json").read_text())
@@ -57,14 +57,15 @@ def test_dvc_repro_then_noop(tmp_path):
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     switched = run("dvc repro", clone)
     assert "Running stage 'decode'" in switched and "Running stage 'evaluate'" in switched
-    assert not any(f"Running stage '{s}'" in switched for s in ("download", "preprocess", "align", "prepare_lm"))
+    assert not any(f"Running stage '{s}'" in switched for s in ("download", "preprocess", "zeroshot_features", "align", "prepare_lm"))
     assert json.loads((clone / "data" / "decode" / "decode_summary.json").read_text())["kind"] == "lora_lm"
     params["align"]["perceiver"]["num_latents"] = 2
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     fourth = run("dvc repro", clone)
     assert all(f"Running stage '{s}'" in fourth for s in ("align", "decode", "evaluate"))
-    assert not any(f"Running stage '{s}'" in fourth for s in ("download", "preprocess", "prepare_lm"))
-    metric_files = ["metrics/download.json", "metrics/retrieval.json", "metrics/captions.json", "metrics/recall_by_dim.csv",
+    assert not any(f"Running stage '{s}'" in fourth for s in ("download", "preprocess", "zeroshot_features", "prepare_lm"))
+    metric_files = ["metrics/download.json", "metrics/headline.json", "metrics/retrieval.json", "metrics/zeroshot.json",
+                    "metrics/zeroshot_confusion.csv", "metrics/captions.json", "metrics/recall_by_dim.csv",
                     "dvclive/align/metrics.json", "dvclive/decode/metrics.json"]
     before = {f: (clone / f).read_text() for f in metric_files}
     forced = run("dvc repro --force", clone)

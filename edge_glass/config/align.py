@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -60,11 +60,23 @@ class TrainParams(OptimizerParams):
 
 
 class LossParams(Strict):
-    temperature_init: float = Field(0.07, gt=0)
-    learnable_temperature: bool = True
+    # infonce: symmetric InfoNCE (CLIP) with one learnable temperature; siglip: the sigmoid loss of
+    # SigLIP (Zhai et al. 2023) with a learnable log-scale and bias per loss pair and MRL dim
+    kind: Literal["infonce", "siglip"] = "infonce"
+    temperature_init: float = Field(0.07, gt=0)  # infonce
+    learnable_temperature: bool = True  # infonce's temperature; siglip's scales (its biases always learn)
+    siglip_init_scale: float = Field(10.0, gt=0)  # the log-scale starts at log(10), as in the paper
+    siglip_init_bias: float = -10.0
     pairs: list[Literal["image_text", "audio_text", "image_audio", "fused_text"]] = Field(
         default_factory=lambda: ["image_text", "audio_text", "fused_text"], min_length=1
     )
+
+
+class DataParams(Strict):
+    # source name (the manifest's ``source``) -> sampling weight: an item of source s is drawn with
+    # probability proportional to w_s; a source not listed keeps weight 1; {} = uniform over items
+    # (epoch-wise permutations, the sampler without weights)
+    weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
 
 
 class AlignParams(Strict):
@@ -80,6 +92,7 @@ class AlignParams(Strict):
     perceiver: PerceiverParams = PerceiverParams()
     mrl: MRLParams = MRLParams()
     loss: LossParams = LossParams()
+    data: DataParams = DataParams()
     train: TrainParams = TrainParams()
 
     @model_validator(mode="after")

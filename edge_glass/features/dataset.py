@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from edge_glass.core.errors import DataError
+from edge_glass.core.errors import DataError, ParamsError
 from edge_glass.data.manifest import read_manifest
 from edge_glass.features.keyed_random import keyed_uniforms
 from edge_glass.features.store import FeatureStore
@@ -84,6 +84,7 @@ class FeatureSplit:
                             f"{', '.join(f'{r} {n}' for r, n in self.left_out.items() if n) or 'none'})")
         text = text[keep[text["item"].to_numpy()]]
         self.item_ids: list[str] = manifest.item_id[keep].tolist()
+        self.sources: np.ndarray = manifest.source[keep].to_numpy(dtype=object)  # each item's source name
         self.media_rows = {m: rows[keep] for m, rows in media_rows.items()}  # -1: the item lacks the medium
         self.caption_rows = text["row"].to_numpy(np.int64)  # rows in the text store, grouped by item
         self.caption_k = text["k"].to_numpy(np.int64)  # index into the manifest's caption list
@@ -100,6 +101,20 @@ class FeatureSplit:
     def left_out_total(self) -> int:
         """Split items not scored (lacking captions or media features); see ``left_out`` for the reasons."""
         return sum(self.left_out.values())
+
+    @cached_property
+    def source_names(self) -> list[str]:
+        """The sources the items come from, sorted."""
+        return sorted(set(self.sources))
+
+    def mixing_cdf(self, weights: dict[str, float]) -> np.ndarray | None:
+        """Cumulative draw probabilities of the items under source ``weights`` (see :func:`mixing_cdf`),
+        built once per weights."""
+        key = tuple(sorted(weights.items()))
+        cache = self.__dict__.setdefault("_mixing_cdf", {})
+        if key not in cache:
+            cache[key] = mixing_cdf(self.sources, weights)
+        return cache[key]
 
     @property
     def caption_counts(self) -> np.ndarray:
@@ -153,19 +168,46 @@ def pad_tokens(items: list[torch.Tensor | None], dim: int) -> tuple[torch.Tensor
     return x, mask, torch.tensor([t is not None for t in items], dtype=torch.bool)
 
 
+def mixing_cdf(sources: np.ndarray, weights: dict[str, float]) -> np.ndarray | None:
+    """Cumulative draw probabilities of items whose source s has weight ``weights.get(s, 1)``.
+
+    An item of source s is drawn with probability proportional to w_s, so a source's share of the
+    draws is proportional to (its items x w_s): sources of 10:1 size with weights 1:10 get equal
+    shares. ``{}``: None, the epoch-wise uniform sampler. A weight for a source with no training items,
+    or weights that leave no item to draw, are params errors naming the key."""
+    if not weights:
+        return None
+    names, inverse = np.unique(sources.astype(str), return_inverse=True)
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ParamsError(f"align.data.weights.{unknown[0]}: no training item comes from source {unknown[0]!r} "
+                          f"(the training split's sources: {', '.join(names)})")
+    cdf = np.cumsum(np.array([float(weights.get(n, 1.0)) for n in names])[inverse])
+    if not cdf[-1] > 0:
+        raise ParamsError(f"align.data.weights: every training source has weight 0 ({weights}); nothing to draw")
+    return cdf / cdf[-1]
+
+
 def global_batch(step: int, micro: int, grad_accum: int, batch_size: int, n_items: int, seed: int,
-                 captions_per_item) -> tuple[np.ndarray, np.ndarray]:
+                 captions_per_item, cdf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Item indices and caption choices of one micro-batch, a pure function of (seed, step, micro).
 
-    Items are drawn epoch by epoch from seeded permutations, so a resumed run sees the same batches.
+    Without ``cdf``, items are drawn epoch by epoch from seeded permutations (each item once per
+    epoch); with one (:func:`mixing_cdf`), each position independently from those probabilities, with
+    replacement. Either way a resumed run, and every rank, sees the same global batch.
     """
-    start = (step * grad_accum + micro) * batch_size
-    positions = np.arange(start, start + batch_size)
-    epochs, offsets = positions // n_items, positions % n_items
-    indices = np.empty(batch_size, dtype=np.int64)
-    for e in np.unique(epochs):
-        perm = np.random.default_rng([seed, int(e)]).permutation(n_items)
-        indices[epochs == e] = perm[offsets[epochs == e]]
+    if cdf is not None:
+        uniforms = np.random.default_rng([seed, step, micro, 11]).random(batch_size)
+        # first item whose cumulative probability exceeds the draw: zero-weight items are never drawn
+        indices = np.searchsorted(cdf, uniforms, side="right").astype(np.int64)
+    else:
+        start = (step * grad_accum + micro) * batch_size
+        positions = np.arange(start, start + batch_size)
+        epochs, offsets = positions // n_items, positions % n_items
+        indices = np.empty(batch_size, dtype=np.int64)
+        for e in np.unique(epochs):
+            perm = np.random.default_rng([seed, int(e)]).permutation(n_items)
+            indices[epochs == e] = perm[offsets[epochs == e]]
     rng = np.random.default_rng([seed, step, micro, 7])
     choice = rng.integers(np.asarray(captions_per_item)[indices])  # the same draws as one call per item
     return indices, choice

@@ -135,3 +135,41 @@ def cluster_ci(clusters, stats: np.ndarray, *, resamples: int = RESAMPLES, seed:
     _, sums = cluster_sums(clusters, stats)
     draws = bootstrap(sums, ratio_of_sums, resamples=resamples, seed=seed)
     return [interval(draws[:, j], level) for j in range(draws.shape[1])]
+
+
+def stratified_counts(strata, resamples: int, seed: int, chunk: int = 200):
+    """Chunks of (resamples, n) draw counts that resample the items *within each stratum* (class): every
+    resample keeps each class's item count, so a class of 3 items is never drawn 0 or 9 times over, and the
+    interval of a per-class mean (mean per-class recall) is defined in every resample."""
+    strata = np.asarray(strata)
+    n = len(strata)
+    groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    rng = np.random.default_rng([seed, 0x57A7])
+    chunk = max(1, min(chunk, CHUNK_ELEMENTS // max(n, 1)))
+    done = 0
+    while done < resamples:
+        size = min(chunk, resamples - done)
+        counts = np.zeros((size, n), dtype=np.float64)
+        for idx in groups:
+            counts[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=size)
+        yield counts
+        done += size
+
+
+def stratified_bootstrap(strata, stats: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], *,
+                         resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """``bootstrap`` with the items resampled within their stratum (``stratified_counts``)."""
+    stats = as_columns(stats)
+    return np.concatenate([statistic(counts @ stats) for counts in stratified_counts(strata, resamples, seed)])
+
+
+def stratified_mean_ci(strata, values: np.ndarray, *, resamples: int = RESAMPLES, seed: int = 0,
+                       level: float = LEVEL) -> list[tuple[float, float]]:
+    """Interval of the mean of each column of per-item ``values`` (n, s) under the stratified bootstrap: one
+    (lo, hi) per column."""
+    values = as_columns(values)
+    if len(values) == 0:
+        return [(float("nan"), float("nan"))] * values.shape[1]
+    n = len(values)
+    draws = stratified_bootstrap(strata, values, lambda sums: sums / n, resamples=resamples, seed=seed)
+    return [interval(draws[:, j], level) for j in range(draws.shape[1])]

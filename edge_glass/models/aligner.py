@@ -1,4 +1,4 @@
-"""The alignment model: resamplers over cached media tokens, fusion, MRL heads, learnable temperature."""
+"""The alignment model: resamplers over cached media tokens, fusion, MRL heads, the loss's learnable scales."""
 
 from __future__ import annotations
 
@@ -53,8 +53,18 @@ class AlignModel(nn.Module):
             for m in [*self.media, "fused"] if self.has_fusion else self.media:
                 nn.init.zeros_(self.heads[m].net[-1].weight)
                 nn.init.zeros_(self.heads[m].net[-1].bias)
-        init = math.log(1 / cfg.loss.temperature_init)
-        self.logit_scale = nn.Parameter(torch.tensor(init), requires_grad=cfg.loss.learnable_temperature)
+        if cfg.loss.kind == "siglip":
+            # one log-scale and one bias per loss pair and MRL dim: each pair and each prefix has its own
+            # similarity range, and the bias sets its prior share of positives (1 in b per row)
+            n = len(cfg.mrl.dims)
+            self.siglip_log_scale = nn.ParameterDict({
+                pair: nn.Parameter(torch.full((n,), math.log(cfg.loss.siglip_init_scale)),
+                                   requires_grad=cfg.loss.learnable_temperature) for pair in cfg.loss.pairs})
+            self.siglip_bias = nn.ParameterDict({
+                pair: nn.Parameter(torch.full((n,), float(cfg.loss.siglip_init_bias))) for pair in cfg.loss.pairs})
+        else:
+            init = math.log(1 / cfg.loss.temperature_init)
+            self.logit_scale = nn.Parameter(torch.tensor(init), requires_grad=cfg.loss.learnable_temperature)
 
     def latents(self, modality: str, tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
         resampler = self.resamplers[modality]
@@ -106,7 +116,35 @@ class AlignModel(nn.Module):
         return z if rows is None else z.index_copy(0, idx, rows.float())
 
     def scale(self) -> torch.Tensor:
+        """InfoNCE's logit scale (1 / temperature), at most 100."""
         return self.logit_scale.clamp(max=math.log(100)).exp()
+
+    def siglip_scale_bias(self, pair: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """SigLIP's scale (at most 100, as open_clip clamps it) and bias of ``pair``, one per MRL dim."""
+        return self.siglip_log_scale[pair].clamp(max=math.log(100)).exp(), self.siglip_bias[pair]
+
+    def loss_parameters(self) -> tuple[nn.Parameter, ...]:
+        """The loss's own parameters: they enter the global loss directly, so every rank computes their
+        whole gradient (``sync_gradients`` averages them instead of summing)."""
+        if self.cfg.loss.kind == "siglip":
+            return (*self.siglip_log_scale.values(), *self.siglip_bias.values())
+        return (self.logit_scale,)
+
+    @torch.no_grad()
+    def clamp_scales_(self) -> None:
+        """Keep the stored log-scales at most log(100) after an optimizer step (CLIP, open_clip)."""
+        for p in self.siglip_log_scale.values() if self.cfg.loss.kind == "siglip" else (self.logit_scale,):
+            p.clamp_(max=math.log(100))
+
+    def loss_scalars(self) -> dict[str, float]:
+        """What the training log shows of the loss's parameters (siglip: at the largest MRL dim)."""
+        if self.cfg.loss.kind == "siglip":
+            out = {}
+            for pair in self.siglip_log_scale:
+                scale, bias = self.siglip_scale_bias(pair)
+                out[f"scale_{pair}"], out[f"bias_{pair}"] = float(scale[0].detach()), float(bias[0].detach())
+            return out
+        return {"temperature": float(1 / self.scale().detach())}
 
 
 def _rows(batch: Batch, idx: torch.Tensor):

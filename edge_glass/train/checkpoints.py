@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -97,11 +98,41 @@ def open_live(live_dir: str | Path, history: list):
 
 
 VAL_NAMES = {"val_loss": "val/loss", "val_r1": "val/recall_at_1"}
+SOURCE_LOSS = "source_loss/"  # history keys of per-source training losses: curves only, see log_entry
 
 
-def log_entry(live, entry: dict) -> None:
+def log_entry(live, entry: dict, plots: dict | None = None) -> None:
+    """One step of the DVCLive logs: ``entry`` (the history) as curves and in metrics.json, except the
+    per-source losses; ``plots`` (throughput: seconds, memory) as curves only.
+
+    Kept out of metrics.json, which dvc.yaml declares as the stage's metrics: throughput differs from
+    run to run (a forced rerun must give equal metrics), and per-source losses would add a column per
+    source to ``dvc exp show``."""
     live.step = entry["step"]
     for k, v in entry.items():
         if k != "step":
-            live.log_metric(VAL_NAMES.get(k, f"train/{k}"), v)
+            name = VAL_NAMES.get(k, f"train/{k}")
+            if k.startswith(SOURCE_LOSS):
+                log_plot_only(live, name, v)
+            else:
+                live.log_metric(name, v)
+    for k, v in (plots or {}).items():
+        log_plot_only(live, f"train/{k}", v)
     live.next_step()
+
+
+def log_plot_only(live, name: str, value: float) -> None:
+    """A point of the curve ``plots/metrics/<name>.tsv`` that stays out of ``live.summary`` (metrics.json).
+
+    DVCLive's ``log_metric`` puts every value into the summary too (``plot=False`` is the other way
+    round: summary only), so the value is logged and then taken out of the summary again."""
+    live.log_metric(name, value)
+    keys = os.path.normpath(name).split(os.path.sep)  # DVCLive's own split of a name into summary keys
+    parents = [live.summary]
+    for k in keys[:-1]:
+        parents.append(parents[-1][k])
+    del parents[-1][keys[-1]]
+    for k, parent in zip(reversed(keys[:-1]), reversed(parents[:-1])):  # drop the groups it leaves empty
+        if parent[k]:
+            break
+        del parent[k]

@@ -52,7 +52,8 @@ def gather_with_local_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def sync_gradients(model: torch.nn.Module, info: DistInfo, full_loss_params: tuple[torch.nn.Parameter, ...] = ()) -> None:
     """Sum gradients over ranks: each rank back-propagates the global loss through its own rows only.
 
-    Parameters that enter the global loss directly on every rank (the temperature) get the mean instead.
+    Parameters that enter the global loss directly on every rank (the temperature, SigLIP's scales and
+    biases) get the mean instead.
     A parameter that got no gradient (its modality absent from the batch) gets zeros on every world
     size, so the optimizer steps the same way with 1 or N processes.
     """

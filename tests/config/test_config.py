@@ -22,7 +22,7 @@ from edge_glass.params import compose
         ({"preprocess": {"vision": {"bakend": "open_clip"}}}, "preprocess.vision.bakend", "unknown key"),
         ({"preprocess": {"vision": {"pool": "max"}}}, "preprocess.vision.pool", "'model' or 'mean'"),
         ({"preprocess": {"audio": {"layer": 1.5}}}, "preprocess.audio.layer", "valid integer"),
-        ({"download": {"sources": ["laion"]}}, "download.sources.0", "openmoji"),
+        ({"download": {"sources": ["laion"]}}, "download.sources[0]", "openmoji"),
         ({"download": {"split": {"train": 0.9, "val": 0.2, "test": 0.1}}}, "download.split", "sum to 1"),
         ({"align": {"mrl": {"weights": [1.0]}}}, "align.mrl", "weights has 1 entries"),
     ],
@@ -68,7 +68,7 @@ def test_stage_exits_with_message_naming_key(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-EXPERIMENTS = ["vision_text_qwen", "trimodal_qwen", "trimodal_trm", "mrl_ablation", "perceiver_ablation"]
+EXPERIMENTS = ["vision_text_qwen", "trimodal_qwen", "trimodal_trm", "mrl_ablation", "perceiver_ablation", "siglip"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -82,6 +82,10 @@ def test_seed_experiments_compose_and_validate(name):
         assert params.decode.kind == "trm"
     if name == "perceiver_ablation":
         assert params.align.perceiver.pool == "perceiver"
+    if name == "siglip":  # the loss alone differs from the default: a paired comparison isolates it
+        assert params.align.loss.kind == "siglip" and parse_params(base).align.loss.kind == "infonce"
+        base["align"]["loss"]["kind"] = "siglip"
+        assert raw == base
 
 
 def test_encoder_and_decoder_registries_match_the_params_schema():

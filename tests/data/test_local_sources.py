@@ -164,9 +164,9 @@ def test_bad_annotation_files_stop_the_stage_naming_the_file(tmp_path):
 
 def test_local_params_name_the_bad_key():
     entry = {"name": "x", "format": "table", "path": "a.csv", "caption_keys": ["c"]}
-    with pytest.raises(ParamsError, match="download.local.0.table: .*needs image_key/image_template and/or audio_key"):
+    with pytest.raises(ParamsError, match=r"download.local\[0\].table: .*needs image_key/image_template and/or audio_key"):
         parse_params({"download": {"local": [entry]}})
-    with pytest.raises(ParamsError, match="download.local.0.coco: split=from_file: format 'coco' has no split field"):
+    with pytest.raises(ParamsError, match=r"download.local\[0\].coco: split=from_file: format 'coco' has no split field"):
         parse_params({"download": {"local": [{"name": "c", "format": "coco", "path": "a.json", "split": "from_file"}]}})
     with pytest.raises(ParamsError, match=r"local names must be unique .*\['asterisk'\]"):
         parse_params({"download": {"local": [{"name": "asterisk", "format": "coco", "path": "a.json"}]}})

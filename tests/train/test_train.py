@@ -128,9 +128,23 @@ def test_kill_9_between_checkpoints_then_resume_ends_with_the_same_model(small_f
         assert torch.equal(reference[k], resumed[k]), k
 
 
-def test_two_gloo_processes_match_one_at_equal_global_batch(small_features, tmp_path):
+def _variant(steps, kind="infonce", weights=None, **train_params):
+    """TINY_ALIGN with ``steps``, the loss ``kind`` and source ``weights`` (align.data.weights)."""
+    raw = json.loads(json.dumps(TINY_ALIGN))
+    raw["train"].update(steps=steps, **train_params)
+    raw["loss"] = {"kind": kind}
+    raw["data"] = {"weights": weights or {}}
+    return parse_params({"seed": 0, "align": raw})
+
+
+@pytest.mark.parametrize("kind,weights,steps", [("infonce", None, 5), ("siglip", None, 10),
+                                                ("infonce", {"asterisk": 4.0}, 5)],
+                         ids=["infonce", "siglip", "infonce-mixed"])
+def test_two_gloo_processes_match_one_at_equal_global_batch(small_features, tmp_path, kind, weights, steps):
+    """SigLIP: the sigmoid terms of every (media, caption) pair of the global batch, with negatives from
+    the other rank; data mixing: the weighted draws of the global batch, sliced by rank."""
     manifest, features = small_features
-    params = _params(steps=5)
+    params = _variant(steps, kind, weights)
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     one = _run_stage(tmp_path / "one", params, 1, features, manifest)
@@ -141,6 +155,82 @@ def test_two_gloo_processes_match_one_at_equal_global_batch(small_features, tmp_
     trained = [k for k in one if not torch.equal(one[k], initial[k])]
     assert len(trained) > len(one) // 2  # the run trained (the frozen PCA text head is all that must not move)
     assert all(torch.equal(one[k], initial[k]) for k in one if k.startswith("heads.text"))
+    if kind == "siglip":  # the scales and biases trained, each (pair, dim) its own, and load_model rebuilds them
+        loss_keys = [k for k in one if k.startswith("siglip_")]
+        assert len(loss_keys) == 2 * len(params.align.loss.pairs) and "logit_scale" not in one
+        assert all(not torch.equal(one[k], initial[k]) for k in loss_keys)
+        assert all(len(set(one[k].tolist())) == len(params.align.mrl.dims) for k in loss_keys)
+        model = load_model(tmp_path / "one" / "align")
+        assert all(torch.equal(model.state_dict()[k], one[k]) for k in loss_keys)
+
+
+@pytest.mark.parametrize("kind,weights", [("siglip", None), ("infonce", {"asterisk": 3.0, "openmoji": 0.5})],
+                         ids=["siglip", "infonce-mixed"])
+def test_stopped_run_resumes_to_the_same_model(small_features, tmp_path, monkeypatch, kind, weights):
+    """A run that dies after step 5 (checkpoint at 4) resumes to the model of an uninterrupted run, bit for
+    bit: SigLIP's scales and biases and their AdamW moments are in the checkpoint; weighted draws are keyed.
+    (The kill -9 test above does the same through the stage for the default recipe.)"""
+    import edge_glass.align as align
+
+    manifest, features = small_features
+    params = _variant(8, kind, weights, checkpoint_every=4, eval_every=4)
+    train(params, features, manifest, tmp_path / "ref", None)
+    step = align.train_step
+
+    def dies_at_step_5(model, opt, data, i, *args):
+        if i == 5:
+            raise KeyboardInterrupt
+        return step(model, opt, data, i, *args)
+
+    monkeypatch.setattr(align, "train_step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(params, features, manifest, tmp_path / "run", None)
+    monkeypatch.setattr(align, "train_step", step)
+    summary = train(params, features, manifest, tmp_path / "run", None)
+    assert summary["resumed_from"] == 4
+    reference, resumed = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("ref", "run"))
+    assert reference.keys() == resumed.keys()
+    for k in reference:
+        assert torch.equal(reference[k], resumed[k]), k
+
+
+def test_logs_have_throughput_and_per_source_curves_but_metrics_json_does_not(small_features, tmp_path):
+    """samples/s, step seconds and peak RSS are curves (one row per log line), never in metrics.json:
+    a forced rerun must give an equal metrics.json. Per-source losses are curves too."""
+    manifest, features = small_features
+    params = _variant(6, weights={"openmoji": 2.0})
+    data = FeatureSplit(features, manifest, "train")
+    assert set(data.sources) == {"asterisk", "openmoji"}
+    runs = []
+    for name in ("a", "b"):
+        train(params, features, manifest, tmp_path / name / "align", tmp_path / name / "live")
+        runs.append(json.loads((tmp_path / name / "live" / "metrics.json").read_text()))
+    assert runs[0] == runs[1]
+    assert runs[0]["train"].keys() == {"loss", "loss_image_text", "loss_audio_text", "loss_fused_text", "grad_norm",
+                                       "lr", "temperature"}
+    plots = tmp_path / "a" / "live" / "plots" / "metrics" / "train"
+    logged_steps = list(range(1, 7))  # log_every 1
+    for name in ("samples_per_s", "step_seconds", "peak_rss_mb", "source_loss/asterisk", "source_loss/openmoji"):
+        rows = [line.split("\t") for line in (plots / f"{name}.tsv").read_text().splitlines()]
+        assert rows[0] == ["step", name.split("/")[-1]], name
+        steps = [int(r[0]) for r in rows[1:]]
+        # a source absent from a logged step's batch has no point there
+        assert steps == logged_steps if "/" not in name else set(steps) <= set(logged_steps) and len(steps) > 3, name
+        assert all(float(r[1]) > 0 if "/" not in name else float(r[1]) >= 0 for r in rows[1:]), name
+    step_s = [float(r.split("\t")[1]) for r in (plots / "step_seconds.tsv").read_text().splitlines()[1:]]
+    rate = [float(r.split("\t")[1]) for r in (plots / "samples_per_s.tsv").read_text().splitlines()[1:]]
+    assert rate == pytest.approx([params.align.train.batch_size / s for s in step_s], rel=1e-3)
+    assert not (plots / "peak_gpu_mb.tsv").exists()  # CPU run
+
+
+def test_weights_naming_an_unknown_source_stop_align_before_training(small_features, tmp_path):
+    from edge_glass.core.errors import ParamsError
+
+    manifest, features = small_features
+    with pytest.raises(ParamsError, match=r"align\.data\.weights\.coco: no training item comes from source 'coco' "
+                                          r"\(the training split's sources: asterisk, openmoji\)"):
+        train(_variant(4, weights={"coco": 2.0}), features, manifest, tmp_path / "align", None)
+    assert not (tmp_path / "align" / "checkpoints" / "last.safetensors").exists()
 
 
 def _initial_weights(params, features, manifest):
