@@ -18,6 +18,7 @@ features. An embedding of a file from the API therefore equals the pipeline's fo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -32,11 +33,12 @@ from safetensors.torch import load_file
 from edge_glass.config.align import AlignParams
 from edge_glass.config.download import AudioCheckParams, ImageParams
 from edge_glass.config.preprocess import SECTIONS, PreprocessParams
-from edge_glass.core.device import autocast, resolve_device, resolve_precision
+from edge_glass.core.device import autocast, resolve_device, resolve_precision, torch_threads
 from edge_glass.core.errors import MediaError, ModelError
 from edge_glass.core.io import sha256_file, sha256_text
 from edge_glass.data.manifest import clean_caption
 from edge_glass.data.media import normalised_audio, normalised_image, read_media_file
+from edge_glass.encoders.loading import length_sorted_batches, load_batch, loaded_batches, loader_blas_single_threaded
 from edge_glass.features.dataset import Batch, pad_tokens
 from edge_glass.features.store import as_stored
 from edge_glass.models.aligner import AlignModel, input_settings
@@ -46,6 +48,10 @@ log = logging.getLogger(__name__)
 FORMAT = "edge_glass.model/1"  # config.json of an exported model folder
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 BATCH_SIZES = {"image": 32, "audio": 16, "text": 128, "fused": 16}
+# A batch this small (one query) runs on one torch thread: its matrices are tiny, so the fork-join of
+# every op on several threads costs more than it saves, and on a loaded machine each op waits for the
+# slowest thread (one text query: ~25 ms on one thread, 150-900 ms on two, on the 2-core CI box).
+SMALL_BATCH = 8
 
 
 def edge_glass_version() -> str:
@@ -197,6 +203,7 @@ class EdgeGlassModel:
         self.image_params = ImageParams.model_validate(meta["download"]["image"])
         self.audio_params = AudioCheckParams.model_validate(meta["download"]["audio"])
         self.max_file_bytes = int(meta["download"]["max_file_mb"]) * 2**20
+        self.num_workers = self.preprocess.num_workers  # media decoding ahead of the encoders, as the stage does
         # what a gallery index records: align weights + config (encoder names, weight hashes, settings)
         self.fingerprint = sha256_text(json.dumps({"align_weights": sha256_file(weights), "align": meta}, sort_keys=True))
         self._encoders: dict[str, Any] = {}
@@ -223,39 +230,17 @@ class EdgeGlassModel:
         ``source``: a path, bytes, a PIL image (image), a float array with ``sample_rate`` or a
         ``(array, sample_rate)`` pair (audio), a string (text). ``root``: a path must resolve under it
         (links and ``..`` out of it are refused). A file that cannot be used raises MediaError naming it."""
+        return self._loader(modality, root, sample_rate)(source)
+
+    def _loader(self, modality: str, root: str | Path | None = None, sample_rate: int | None = None):
+        """``source -> encoder input`` for ``modality``: a :class:`MediaLoad` (it pickles, so DataLoader
+        worker processes can run it), or the text cleaning."""
         if modality == "text":
-            return self._load_text(source)
+            return self._load_text
         if modality not in ("image", "audio"):
             raise ValueError(f"modality: expected image, audio or text (got {modality!r})")
-        name = _name(source)
-        try:
-            if modality == "image":
-                data, _ = normalised_image(self._image_bytes(source, root), self.image_params)
-            else:
-                if isinstance(source, tuple) and len(source) == 2:
-                    source, sample_rate = source
-                data, _, _ = normalised_audio(source if isinstance(source, np.ndarray) else self._bytes(source, root),
-                                              self.audio_params, sample_rate)
-            return self.encoder(modality).loader()(data)
-        except MediaError as exc:
-            reason = str(exc)
-            raise MediaError(reason if name in reason else f"{name}: {reason}") from None
-
-    def _bytes(self, source: Any, root) -> bytes:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            return bytes(source)
-        if isinstance(source, (str, Path)):
-            return read_media_file(Path(source), Path(root).resolve() if root is not None else None, self.max_file_bytes)
-        raise MediaError(f"cannot read a {type(source).__name__} (give a path or bytes)")
-
-    def _image_bytes(self, source: Any, root) -> bytes:
-        from PIL import Image
-
-        if isinstance(source, Image.Image):  # lossless, so the pixels reach the normalisation unchanged
-            buf = io.BytesIO()
-            source.save(buf, "PNG")
-            return buf.getvalue()
-        return self._bytes(source, root)
+        return MediaLoad(modality, self.encoder(modality).loader(), self.image_params, self.audio_params,
+                         self.max_file_bytes, Path(root).resolve() if root is not None else None, sample_rate)
 
     def _load_text(self, text: Any) -> str:
         if not isinstance(text, str):
@@ -286,6 +271,10 @@ class EdgeGlassModel:
         d = self.check_dim(dim)
         if not len(inputs):
             return np.zeros((0, d), dtype=np.float32)
+        with torch_threads(1 if len(inputs) <= SMALL_BATCH and self.device.type == "cpu" else torch.get_num_threads()):
+            return self._embed_loaded(modality, inputs, d)
+
+    def _embed_loaded(self, modality: str, inputs: list, d: int) -> np.ndarray:
         if modality == "text":
             z = self.align.heads["text"](self._features("text", inputs)[1].to(self.device))
         elif modality in ("image", "audio", "fused"):
@@ -314,12 +303,31 @@ class EdgeGlassModel:
         return Batch(padded, masks, present, text).to(self.device)
 
     def _embed(self, modality: str, sources: Iterable, dim, batch_size: int | None, **load) -> np.ndarray:
+        """Load (ahead of the encoder, with the preprocess stage's read-ahead: ``encoders.loading``) and
+        embed ``sources``; rows in input order. Audio is batched by length as the stage batches it (file
+        size for a file: the clip's length before decoding), so padding stays small; the first input that
+        cannot be used raises MediaError naming it."""
         d = self.check_dim(dim)
         sources = list(sources)
+        out = np.zeros((len(sources), d), dtype=np.float32)
+        if not sources:
+            return out
         bs = batch_size or BATCH_SIZES[modality]
-        parts = [self.embed_loaded(modality, [self.load_media(modality, s, **load) for s in sources[i:i + bs]], d)
-                 for i in range(0, len(sources), bs)]
-        return np.concatenate(parts) if parts else np.zeros((0, d), dtype=np.float32)
+        keys = [_length_key(s) for s in sources] if modality == "audio" else [0] * len(sources)
+        batches = length_sorted_batches(keys, bs)
+        jobs = [[sources[i] for i in batch] for batch in batches]
+        load_one = self._loader(modality, **load)
+        if modality == "text":  # cleaning needs no read-ahead, and the tokenizer is not for two threads at once
+            reads = contextlib.nullcontext(load_batch(load_one, job) for job in jobs)
+        else:
+            reads = loaded_batches(self.encoder(modality), jobs, self.num_workers, load_one)
+        with loader_blas_single_threaded(), reads as loaded:
+            for batch, items in zip(batches, loaded):
+                errors = [err for _, _, err in items if err]
+                if errors:
+                    raise MediaError(errors[0])
+                out[batch] = self.embed_loaded(modality, [x for _, x, _ in items], d)
+        return out
 
     def embed_images(self, images: Iterable, dim: int | None = None, batch_size: int | None = None) -> np.ndarray:
         """Image embeddings of paths, bytes or PIL images."""
@@ -394,6 +402,67 @@ class EdgeGlassModel:
             with autocast(self.device, resolve_precision(meta["precision"], self.device)):
                 out.extend(generate(decoder, cond, gen, seed=meta["seed"]))
         return out
+
+
+class MediaLoad:
+    """``source -> encoder input`` for an image or audio: download's file checks and normalisation, then the
+    encoder's ``loader()``; MediaError names the source. Holds settings only, so it pickles (DataLoader
+    worker processes, ``preprocess.num_workers`` > 0)."""
+
+    def __init__(self, modality: str, loader, image_params: ImageParams, audio_params: AudioCheckParams,
+                 max_file_bytes: int, root: Path | None = None, sample_rate: int | None = None):
+        self.modality, self.loader = modality, loader
+        self.image_params, self.audio_params, self.max_file_bytes = image_params, audio_params, max_file_bytes
+        self.root, self.sample_rate = root, sample_rate
+
+    def __call__(self, source: Any) -> Any:
+        name = _name(source)
+        try:
+            if self.modality == "image":
+                data, _ = normalised_image(self._image_bytes(source), self.image_params)
+            else:
+                sample_rate = self.sample_rate
+                if isinstance(source, tuple) and len(source) == 2:
+                    source, sample_rate = source
+                data, _, _ = normalised_audio(source if isinstance(source, np.ndarray) else self._bytes(source),
+                                              self.audio_params, sample_rate)
+            return self.loader(data)
+        except MediaError as exc:
+            reason = str(exc)
+            raise MediaError(reason if name in reason else f"{name}: {reason}") from None
+
+    def _bytes(self, source: Any) -> bytes:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return bytes(source)
+        if isinstance(source, (str, Path)):
+            return read_media_file(Path(source), self.root, self.max_file_bytes)
+        raise MediaError(f"cannot read a {type(source).__name__} (give a path or bytes)")
+
+    def _image_bytes(self, source: Any) -> bytes:
+        from PIL import Image
+
+        if isinstance(source, Image.Image):  # lossless, so the pixels reach the normalisation unchanged
+            buf = io.BytesIO()
+            source.save(buf, "PNG")
+            return buf.getvalue()
+        return self._bytes(source)
+
+
+def _length_key(source: Any) -> float:
+    """An audio input's length before decoding, to batch similar lengths: a file's size, the bytes' or the
+    array's length (0 for what cannot be sized: it fails later with its own error)."""
+    if isinstance(source, tuple) and len(source) == 2:
+        source = source[0]
+    if isinstance(source, np.ndarray):
+        return float(source.shape[-1])
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return float(len(source))
+    if isinstance(source, (str, Path)):
+        try:
+            return float(Path(source).stat().st_size)
+        except OSError:
+            return 0.0
+    return 0.0
 
 
 def _pairs(images: Iterable, audio: Iterable) -> list[tuple]:

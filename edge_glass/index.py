@@ -78,10 +78,10 @@ def run_index(model, source: str, out: str | Path, *, workspace: str | Path = ".
         max_bytes=getattr(model, "max_file_bytes", MAX_FILE_BYTES),
     )
     if ann and info["counts"]["indexed"]:
-        from edge_glass.gallery.ann import HNSW
+        from edge_glass.gallery.ann import build_ann
         from edge_glass.gallery.store import read_embeddings
 
-        info["ann"] = HNSW.build(read_embeddings(out, info)).save(out)
+        info["ann"] = build_ann(read_embeddings(out, info)).save(out)
     finish_index(out, info)
     return info
 

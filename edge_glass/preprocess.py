@@ -7,8 +7,6 @@ import json
 import logging
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -27,8 +25,9 @@ from edge_glass.core.io import (
     sha256_file,
     write_json,
 )
-from edge_glass.core.prefetch import prefetched
 from edge_glass.data.manifest import media_ref, read_manifest
+from edge_glass.encoders import loading
+from edge_glass.encoders.loading import loader_blas_single_threaded
 from edge_glass.encoders.base import FrozenEncoder
 from edge_glass.encoders.registry import build_encoder
 from edge_glass.features.store import (
@@ -92,65 +91,15 @@ def read_input(it: WorkItem) -> Any:
         raise MediaError(f"media shard unreadable: {exc}") from None
 
 
-def load_batch(load: Callable[[Any], Any], items: list[WorkItem]) -> list[tuple[WorkItem, Any, str]]:
-    """Decode one batch's inputs; a medium that fails is returned with its reason (a reject), not raised."""
-    out = []
-    for it in items:
-        try:
-            out.append((it, load(read_input(it)), ""))
-        except MediaError as exc:
-            out.append((it, None, str(exc)))
-    return out
+def load_work_item(load: Callable[[Any], Any], it: WorkItem) -> Any:
+    """One work item as the encoder's ``forward`` takes it: its input read, then the encoder's ``loader()``."""
+    return load(read_input(it))
 
 
-class BatchLoads(torch.utils.data.Dataset):
-    """Batch ``j`` of the planned jobs, decoded: what each DataLoader worker process computes."""
-
-    def __init__(self, load: Callable[[Any], Any], jobs: list[list[WorkItem]]):
-        self.load, self.jobs = load, jobs
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, j: int):
-        return load_batch(self.load, self.jobs[j])
-
-
-def _as_is(batch):
-    return batch
-
-
-def _worker_init(_: int) -> None:
-    """One thread per worker for torch and numpy's BLAS: the processes are the parallelism."""
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(1)
-    threadpool_limits(limits=1, user_api="blas")
-
-
-@contextmanager
 def loaded_batches(encoder: FrozenEncoder, jobs: list[list[WorkItem]], num_workers: int):
-    """The jobs' decoded batches in job order, decoded ahead of the encoder.
-
-    ``num_workers`` = 0: one loader thread in this process (two batches ahead). N > 0: N DataLoader
-    processes, ``prefetch_factor`` 2, pinned memory when the encoder is on CUDA (text, which needs no
-    decoding, keeps the thread). Order is the jobs' order either way, so shards are byte-identical
-    whatever the worker count."""
-    load = encoder.loader()
-    if num_workers == 0 or not jobs or not encoder.decodes_media:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            yield prefetched(partial(load_batch, load), jobs, pool)
-        return
-    loader = torch.utils.data.DataLoader(
-        BatchLoads(load, jobs), batch_size=None, shuffle=False, num_workers=min(num_workers, len(jobs)),
-        collate_fn=_as_is, pin_memory=encoder.device.type == "cuda", prefetch_factor=2,
-        worker_init_fn=_worker_init, persistent_workers=False,
-    )
-    it = iter(loader)
-    try:
-        yield it
-    finally:
-        del it
+    """The jobs' decoded batches in job order, decoded ahead of the encoder (``encoders.loading``, the
+    read-ahead the API shares): ``(item, loaded, reject reason)`` per item."""
+    return loading.loaded_batches(encoder, jobs, num_workers, partial(load_work_item, encoder.loader()))
 
 
 def code_fingerprint() -> str:
@@ -170,8 +119,7 @@ def encoder_fingerprint(encoder: FrozenEncoder, dtype_name: str) -> str:
 
 def make_batches(items: list[WorkItem], bs: int) -> list[list[WorkItem]]:
     """Batches of a shard, sorted by length (audio duration) so that padding stays small."""
-    order = sorted(range(len(items)), key=lambda i: (items[i].sort_key, i))
-    return [[items[i] for i in order[j : j + bs]] for j in range(0, len(order), bs)]
+    return [[items[i] for i in batch] for batch in loading.length_sorted_batches([it.sort_key for it in items], bs)]
 
 
 def encode_shard(
@@ -288,13 +236,6 @@ def preprocess_modality(
         "seconds": round(encode_seconds, 3),
         "items_per_s": round(encoded_now / encode_seconds, 2) if encode_seconds > 0 else None,
     }
-
-
-def loader_blas_single_threaded():
-    """numpy's BLAS threads spin beside torch's on small loader matmuls (log-mel); give them one thread."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def run_preprocess(params: Params, manifest_path: str | Path, out_dir: str | Path, rank: int = 0, world: int = 1,

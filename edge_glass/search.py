@@ -59,7 +59,13 @@ def main() -> None:
         from edge_glass.api import load
         from edge_glass.gallery.store import read_info
 
-        read_info(args.index)  # a missing or unfinished index fails before a model is loaded
+        from edge_glass.core.errors import DataError
+
+        info = read_info(args.index)  # a missing or unfinished index fails before a model is loaded
+        if args.k < 1:  # so do the options the index can answer without the model
+            raise DataError("-k must be >= 1")
+        if args.ann and info.get("ann") is None:
+            raise DataError(f"{args.index} has no approximate index: build it with python -m edge_glass.index ... --ann")
         model = load(args.model, device=args.device)
         results = run_search(model, args.index, k=args.k, dim=args.dim, ann=args.ann,
                              text=args.text, image=args.image, audio=args.audio)

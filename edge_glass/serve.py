@@ -143,7 +143,7 @@ class App:
 
     def search_file(self, data: bytes, name: str, k: int, dim: int | None) -> dict:
         """Embed and caption an uploaded image or audio file (its kind from the name's extension)."""
-        from edge_glass.core.errors import DataError
+        from edge_glass.core.errors import DataError, MediaError
         from edge_glass.gallery.listing import modality_of
         from edge_glass.gallery.search import embed_query
 
@@ -157,7 +157,10 @@ class App:
             path = Path(tmp) / Path(name).name
             path.write_bytes(data)
             with self.lock:
-                q = embed_query(self.model, dim=dim, **{kind: str(path)})
+                try:
+                    q = embed_query(self.model, dim=dim, **{kind: str(path)})
+                except (DataError, MediaError) as exc:  # name the upload, not the temporary file
+                    raise DataError(str(exc).replace(str(path), Path(name).name)) from None
                 caption = self._caption(kind, str(path))
         return {"modality": kind, "caption": caption, "results": self.gallery.results(*self.gallery.search(q, k, dim))[0]}
 
@@ -271,6 +274,9 @@ def make_handler(app: App):
                 return self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}")
             except (DataError, MediaError, ValueError) as exc:
                 return self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            except Exception as exc:  # any other fault fails this request with its message; the server goes on
+                log.warning("%s: %s", url.path, exc)
+                return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
 
     return Handler
 

@@ -118,6 +118,27 @@ def test_api_embeddings_of_the_original_files_equal_the_pipelines(model, origina
     assert checked["image"] and checked["audio"] and checked["fused"] and checked["text"] >= len(data), checked
 
 
+def test_read_ahead_batches_keep_input_order_whatever_the_lengths_and_loader_workers(model, originals):
+    """Audio is batched by length (file size) and decoded ahead (a loader thread, or DataLoader processes
+    with num_workers > 0): the rows still come back in input order, equal to one-by-one embeddings, and a
+    one-item call (run on one torch thread) leaves the caller's thread count alone."""
+    data, files = originals
+    clips = sorted({files[i]["audio"] for i in data.item_ids if "audio" in files[i]}, key=lambda p: p.stat().st_size)[:6]
+    assert len({c.stat().st_size for c in clips}) > 1
+    clips = clips[::-1] + clips[:2]  # longest first, then repeats: sorting must not leak into the output
+    threads = torch.get_num_threads()
+    batched = model.embed_audio(clips, batch_size=3)
+    one_by_one = np.concatenate([model.embed_audio([c]) for c in clips])
+    assert torch.get_num_threads() == threads
+    assert (1 - (batched * one_by_one).sum(axis=1)).max() <= 1e-5
+    model.num_workers = 2
+    try:
+        workers = model.embed_audio(clips, batch_size=3)
+    finally:
+        model.num_workers = model.preprocess.num_workers
+    np.testing.assert_array_equal(workers, batched)
+
+
 def test_text_is_cleaned_as_download_cleans_captions_and_long_text_is_truncated_with_a_warning(model, caplog):
     raw = model.embed_texts(["  grinning\u00a0face_with   big eyes "])
     clean = model.embed_texts(["grinning face with big eyes"])

@@ -262,3 +262,13 @@ def test_index_and_search_commands_with_the_real_model(tiny_workspace, tmp_path)
     # a query file that cannot be used: one line naming it
     out = run_cli("edge_glass.search", tmp_path / "idx", "--image", root / "photos" / "notes.png", "--model", tiny_workspace)
     assert out.returncode == 3 and "notes.png" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_search_command_refuses_bad_k_and_a_missing_ann_before_loading_a_model(tmp_path):
+    """The index answers these: one line naming the fault, and no model is loaded (--model names none)."""
+    root, _ = gallery_folder(tmp_path)
+    run_index(FakeModel(), str(root), tmp_path / "idx", progress=False)
+    for args, want in ((["-k", 0], "-k must be >= 1"), (["--ann"], "has no approximate index")):
+        out = run_cli("edge_glass.search", tmp_path / "idx", "--text", "a cat", "--model", tmp_path / "no-model", *args)
+        assert out.returncode != 0 and want in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and "no-model" not in out.stderr

@@ -71,7 +71,9 @@ def test_endpoints_search_and_serve_only_indexed_media(served):
     status, body, _ = get(url + "/api/upload?name=notes.txt", b"hello")
     assert status == 400 and "not an image or audio file" in json.loads(body)["error"]
     status, body, _ = get(url + "/api/upload?name=x.png", b"hello")
-    assert status == 400 and "image" in json.loads(body)["error"]
+    error = json.loads(body)["error"]
+    assert status == 400 and "image" in error
+    assert "x.png: " in error and "/tmp" not in error  # the upload's name, not the server's temp file
 
 
 def test_upload_returns_the_caption_and_the_same_file_first(served):

@@ -78,3 +78,17 @@ def stage_device(spec: str, key: str) -> torch.device:
     device = resolve_device(spec, key)
     configure_kernels(device)
     return device
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` in this thread for the block, then restored."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -16,18 +16,34 @@ def clustered(n, d, centres=50, noise=0.6, seed=0):
     return normalised(c[rng.integers(0, centres, n)] + noise * rng.standard_normal((n, d)).astype(np.float32))
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("dim", [32, 16, 8])
 @pytest.mark.parametrize("chunk", [7, 100, 5000])
-def test_chunked_search_equals_brute_force(dim, chunk):
+def test_chunked_search_equals_brute_force(dim, chunk, threads):
     base = normalised(np.random.default_rng(1).standard_normal((1003, 32)))
     queries = normalised(np.random.default_rng(2).standard_normal((9, dim)))
-    scores, idx = exact_topk(queries, base, k=10, dim=dim, chunk=chunk)
+    scores, idx = exact_topk(queries, base, k=10, dim=dim, chunk=chunk, threads=threads)
     cut = normalised(base[:, :dim])  # MRL: truncate, then renormalise
     brute = queries @ cut.T
     want = np.argsort(-brute, axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(idx, want)
     np.testing.assert_allclose(scores, np.take_along_axis(brute, want, 1), atol=1e-5)
     assert (np.diff(scores, axis=1) <= 1e-7).all()  # best first
+
+
+def test_thread_count_does_not_change_the_result_nor_the_callers_torch_threads():
+    import torch
+
+    base = clustered(20000, 48)
+    queries = clustered(33, 48, seed=5)
+    before = torch.get_num_threads()
+    one = exact_topk(queries, base, k=10, chunk=256, threads=1)
+    assert torch.get_num_threads() == before
+    for threads in (2, 5):
+        got = exact_topk(queries, base, k=10, chunk=256, threads=threads)
+        np.testing.assert_array_equal(got[1], one[1])
+        np.testing.assert_array_equal(got[0], one[0])
+    assert torch.get_num_threads() == before
 
 
 def test_k_larger_than_the_gallery_returns_everything_once():
