@@ -63,7 +63,8 @@ python stages/decode.py --params "$P" --features "$S/features" --manifest "$S/do
 python stages/evaluate.py --params "$P" --features "$S/features" --manifest "$S/download/manifest.parquet" \
   --model "$S/align" --captions "$S/decode/captions.parquet" --metrics "$RESULTS/retrieval.json" \
   --plot "$S/recall_by_dim.csv" --queries "$S/retrieval_queries.parquet" --caption-metrics "$RESULTS/captions.json" \
-  --caption-items "$S/caption_items.parquet" --caption-samples "$S/samples.md" 2>&1 \
+  --caption-items "$S/caption_items.parquet" --caption-samples "$S/samples.md" --zeroshot "$S/zeroshot" \
+  --zeroshot-metrics "$RESULTS/zeroshot.json" --confusion "$S/zeroshot_confusion.csv" --headline "$RESULTS/headline.json" 2>&1 \
   | quiet | tail -2
 echo "smoke_stages device=$DEVICE items=$ITEMS steps=$STEPS seconds=$(( $(date +%s) - t0 ))"
 [ "$BENCHMARKS" = 1 ] || exit 0
