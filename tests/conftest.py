@@ -54,6 +54,18 @@ def tiny_align(small_features, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def conditioned(tiny_align):
+    """The tiny align model's decoder conditioning of the train split (2 prefix tokens): (FeatureSplit, Conditioning)."""
+    from edge_glass.decoders.conditioning import aligned_conditioning
+    from edge_glass.features.dataset import FeatureSplit
+    from edge_glass.models.aligner import load_model
+
+    manifest, features, align_dir = tiny_align
+    data = FeatureSplit(features, manifest, "train")
+    return data, aligned_conditioning(load_model(align_dir), data, prefix_tokens=2)
+
+
+@pytest.fixture(scope="session")
 def tiny_workspace(tiny_align, prepared_lm, tmp_path_factory):
     """A workspace after dvc repro in miniature (what edge_glass.load reads): data/align (the tiny align
     model), data/decode/model (a few-step TRM saved by the decode stage), data/lm (the prepared LM)."""

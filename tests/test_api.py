@@ -31,28 +31,11 @@ from edge_glass.models.aligner import load_model
 SPLIT = "train"  # the tiny fixture's largest split: every item of it is compared
 
 
-def _decode_params(kind="trm", **extra):
-    return parse_params({"seed": 0, "evaluate": {"split": SPLIT},
-                         "decode": {"kind": kind, "prefix_tokens": 2, "max_caption_tokens": 12, "split": SPLIT,
-                                    "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 1,
-                                              "checkpoint_every": 4},
-                                    "generate": {"max_new_tokens": 5, "batch_size": 8}, **extra}})
-
-
 @pytest.fixture(scope="module")
-def workspace(tiny_align, prepared_lm, tmp_path_factory):
-    """A workspace after dvc repro, in miniature: data/align (the tiny align model), data/decode/model (what
-    the decode stage saved for a few-step TRM), data/lm (the prepared LM)."""
-    from edge_glass.decode import run_decode
-
-    manifest, features, align_dir = tiny_align
-    ws = tmp_path_factory.mktemp("workspace")
-    (ws / "data" / "align").mkdir(parents=True)
-    for name in ("model.json", "model.safetensors"):
-        shutil.copy(align_dir / name, ws / "data" / "align" / name)
-    (ws / "data" / "lm").symlink_to(prepared_lm, target_is_directory=True)
-    run_decode(_decode_params(), features, manifest, ws / "data" / "align", ws / "data" / "lm", ws / "data" / "decode")
-    return ws
+def workspace(tiny_workspace):
+    """A workspace after dvc repro, in miniature (tests/conftest.py's session fixture: data/align, the
+    few-step TRM the decode stage saved in data/decode/model, data/lm), built once for every test file."""
+    return tiny_workspace
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ from edge_glass.decoders.generate import generate
 from edge_glass.decoders.lm import load_lm
 from edge_glass.decoders.lora_lm import LoraLMDecoder
 from edge_glass.decoders.trm import TRMDecoder
-from edge_glass.features.dataset import FeatureSplit
 from edge_glass.models.aligner import load_model
 
 
@@ -36,13 +35,6 @@ def _params(kind="lora_lm", **train):
                                                 "train": {"steps": 8, "batch_size": 4, "warmup_steps": 1, "log_every": 1,
                                                           "checkpoint_every": 2, **train},
                                                 "generate": {"max_new_tokens": 5, "batch_size": 8}}})
-
-
-@pytest.fixture(scope="module")
-def conditioned(tiny_align):
-    manifest, features, align_dir = tiny_align
-    data = FeatureSplit(features, manifest, "train")
-    return data, aligned_conditioning(load_model(align_dir), data, prefix_tokens=2)
 
 
 def test_conditioning_uses_fused_latents_for_triples(conditioned, tiny_align):

@@ -10,23 +10,13 @@ import torch
 from edge_glass.config import parse_params
 from edge_glass.core.errors import ModelError
 from edge_glass.decode import build_decoder
-from edge_glass.decoders.conditioning import aligned_conditioning
 from edge_glass.decoders.generate import generate
 from edge_glass.decoders.saved import generate_params, load_decoder, save_decoder
-from edge_glass.features.dataset import FeatureSplit
-from edge_glass.models.aligner import load_model
 
 
 def _params(kind):
     return parse_params({"seed": 0, "decode": {"kind": kind, "prefix_tokens": 2, "max_caption_tokens": 12,
                                                 "generate": {"max_new_tokens": 5, "batch_size": 8}}})
-
-
-@pytest.fixture(scope="module")
-def conditioned(tiny_align):
-    manifest, features, align_dir = tiny_align
-    data = FeatureSplit(features, manifest, "train")
-    return data, aligned_conditioning(load_model(align_dir), data, prefix_tokens=2)
 
 
 @pytest.mark.parametrize("kind", ["trm", "lora_lm"])
